@@ -1,0 +1,162 @@
+"""Input validation for the public API: every bad input gets a ValueError/TypeError that names
+the argument, the value and what is expected, before any kernel runs."""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any, Mapping
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def check_tokens(name: str, x: Any, *, width: int | None = None, device=None) -> torch.Tensor:
+    """A ``[rows, D]`` floating tensor with finite values."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [rows, D], got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [rows, D], got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be float16, bfloat16, float32 or float64, got dtype {x.dtype}"
+        )
+    if width is not None and x.shape[1] != width:
+        raise ValueError(
+            f"{name} has width {x.shape[1]} but vision has width {width}: both must live in "
+            "the same embedding space"
+        )
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} is on {x.device} but vision is on {device}: move it there")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).any(dim=1).nonzero()[0])
+        raise ValueError(f"{name} contains NaN or Inf values (first bad row: {bad})")
+    return x
+
+
+def check_offsets(name: str, off: Any, total: int, total_name: str, device=None) -> list[int]:
+    """Offsets ``[k+1]`` (int32/int64): start at 0, non-decreasing, end at ``total``."""
+    if not isinstance(off, torch.Tensor):
+        raise TypeError(f"{name} must be an int32/int64 torch.Tensor, got {type(off).__name__}")
+    if off.ndim != 1 or off.shape[0] < 2:
+        raise ValueError(
+            f"{name} must be 1-D with at least 2 entries [0, ..., {total_name}], "
+            f"got shape {tuple(off.shape)}"
+        )
+    if off.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{name} must have dtype int32 or int64, got {off.dtype}")
+    if device is not None and off.device.type not in ("cpu", device.type):
+        raise ValueError(f"{name} is on {off.device}; expected the CPU or {device}")
+    vals = [int(v) for v in off.tolist()]
+    if vals[0] != 0:
+        raise ValueError(f"{name} must start at 0, got {name}[0] = {vals[0]}")
+    for i in range(len(vals) - 1):
+        if vals[i + 1] < vals[i]:
+            raise ValueError(
+                f"{name} must be non-decreasing, but {name}[{i + 1}] = {vals[i + 1]} < "
+                f"{name}[{i}] = {vals[i]}"
+            )
+    if vals[-1] != total:
+        raise ValueError(
+            f"{name} must end at {total_name} = {total}, got {name}[-1] = {vals[-1]}"
+        )
+    return vals
+
+
+def check_keep(keep_ratio: Any, budget: Any, n_tokens: int, where: str = "") -> int:
+    """Exactly one of keep_ratio in (0, 1] / budget in [0, N]; returns B."""
+    if (keep_ratio is None) == (budget is None):
+        raise ValueError(
+            f"give exactly one of keep_ratio (in (0, 1]) or budget (in [0, N]){where}; got "
+            f"keep_ratio={keep_ratio!r}, budget={budget!r}"
+        )
+    if keep_ratio is not None:
+        if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, Real):
+            raise TypeError(f"keep_ratio must be a float in (0, 1]{where}, got {keep_ratio!r}")
+        kr = float(keep_ratio)
+        if not (0.0 < kr <= 1.0) or math.isnan(kr):
+            raise ValueError(f"keep_ratio must be in (0, 1]{where}, got {keep_ratio!r}")
+        return int(math.floor(kr * n_tokens + 0.5))
+    if isinstance(budget, bool) or not isinstance(budget, Integral):
+        raise TypeError(f"budget must be an int in [0, N={n_tokens}]{where}, got {budget!r}")
+    if not 0 <= int(budget) <= n_tokens:
+        raise ValueError(f"budget must be in [0, N={n_tokens}]{where}, got {budget}")
+    return int(budget)
+
+
+def check_min_per_image(q: Any) -> int:
+    if isinstance(q, bool) or not isinstance(q, Integral) or int(q) < 0:
+        raise ValueError(f"min_per_image must be an int >= 0, got {q!r}")
+    return int(q)
+
+
+def check_minimums(budget: int, counts: list[int], q: int, where: str = "") -> None:
+    need = sum(min(q, m) for m in counts)
+    if budget < need:
+        raise ValueError(
+            f"budget {budget}{where} is below the sum of per-image minimums {need} "
+            f"(min_per_image={q} over {sum(1 for m in counts if m)} nonempty images); raise the "
+            "budget/keep_ratio or lower min_per_image"
+        )
+
+
+def check_options(
+    method: str, options: Mapping[str, Any], spec: Mapping[str, tuple[Any, Any]]
+) -> dict[str, Any]:
+    """Merge ``options`` into the method's defaults; unknown names and bad values are errors.
+
+    ``spec`` maps option name -> (default, validator); a validator returns an error string or
+    None.
+    """
+    unknown = sorted(set(options) - set(spec))
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {unknown} for method={method!r}; valid options: "
+            f"{sorted(spec) or 'none'}"
+        )
+    out = {k: v[0] for k, v in spec.items()}
+    for k, v in options.items():
+        err = spec[k][1](v)
+        if err:
+            raise ValueError(f"option {k}={v!r} for method={method!r}: expected {err}")
+        out[k] = v
+    return out
+
+
+def positive(v: Any) -> str | None:
+    ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    return None if ok else "a finite number > 0"
+
+
+def non_negative(v: Any) -> str | None:
+    ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+    return None if ok else "a finite number >= 0"
+
+
+def at_least_one(v: Any) -> str | None:
+    ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and v >= 1
+    return None if ok else "a finite number >= 1"
+
+
+def one_of(*choices: Any):
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"one of {list(choices)}"
+
+    return check
+
+
+def is_bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "True or False"
+
+
+def is_int(v: Any) -> str | None:
+    return None if isinstance(v, Integral) and not isinstance(v, bool) else "an int"
+
+
+def cosine_threshold_or_none(v: Any) -> str | None:
+    if v is None:
+        return None
+    ok = isinstance(v, Real) and not isinstance(v, bool) and -1.0 < v <= 1.0
+    return None if ok else "None or a cosine threshold in (-1, 1]"

@@ -1,0 +1,255 @@
+"""Public functions: :func:`prune` (one request) and :func:`prune_batch` (many requests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+from . import _checks as C
+from .adaptive import Diagnostics
+from .methods import get_method
+
+__all__ = ["PruneResult", "BatchPruneResult", "prune", "prune_batch"]
+
+
+@dataclass
+class PruneResult:
+    """Result of :func:`prune`.
+
+    - ``indices [B]`` int64: kept rows of ``vision``, sorted ascending, on ``vision``'s device.
+    - ``per_image [n]`` int64: kept count of every image.
+    - ``mask [N]`` bool: ``mask[indices] == True``.
+    - ``diagnostics``: :class:`~adaptive_prune.adaptive.Diagnostics` (adaptive method with
+      ``return_diagnostics=True``), else None.
+    """
+
+    indices: torch.Tensor
+    per_image: torch.Tensor
+    mask: torch.Tensor
+    diagnostics: Optional[Diagnostics] = None
+
+
+@dataclass
+class BatchPruneResult:
+    """Result of :func:`prune_batch` (rows and images are global, over the packed batch).
+
+    - ``indices [sum B_r]``: kept rows, sorted ascending (so grouped by request).
+    - ``offsets [R+1]``: request ``r``'s kept rows are ``indices[offsets[r]:offsets[r+1]]``.
+    - ``per_request [R]``, ``per_image [n]``, ``mask [N]``; ``diagnostics``: list per request.
+    """
+
+    indices: torch.Tensor
+    offsets: torch.Tensor
+    per_request: torch.Tensor
+    per_image: torch.Tensor
+    mask: torch.Tensor
+    diagnostics: Optional[list] = None
+
+    def split(self) -> list[torch.Tensor]:
+        """Kept global rows of every request."""
+        o = self.offsets.tolist()
+        return [self.indices[o[r] : o[r + 1]] for r in range(len(o) - 1)]
+
+
+def _per_request(value: Any, R: int, name: str) -> list:
+    if value is None or isinstance(value, (int, float)):
+        return [value] * R
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if not isinstance(value, Sequence) or len(value) != R:
+        raise ValueError(f"{name} must be a scalar or a sequence of {R} values (one per request)")
+    return list(value)
+
+
+def _pack_text(text, text_offsets, R, width, device):
+    """Text as one ``[M, D]`` tensor plus ``[R+1]`` host offsets, or (None, None)."""
+    if text is None:
+        if text_offsets is not None:
+            raise ValueError("text_offsets was given without text")
+        return None, None
+    if isinstance(text, (list, tuple)):
+        if text_offsets is not None:
+            raise ValueError("give text as a list of per-request tensors or as a tensor with "
+                             "text_offsets, not both")
+        if len(text) != R:
+            raise ValueError(f"text is a list of {len(text)} entries but there are {R} requests")
+        parts, offs = [], [0]
+        for r, t in enumerate(text):
+            if t is None:
+                offs.append(offs[-1])
+                continue
+            C.check_tokens(f"text[{r}]", t, width=width, device=device)
+            parts.append(t)
+            offs.append(offs[-1] + t.shape[0])
+        if not parts:
+            return None, None
+        dtypes = {t.dtype for t in parts}
+        return torch.cat([t.to(parts[0].dtype) for t in parts]) if len(dtypes) > 1 else \
+            torch.cat(parts), offs
+    C.check_tokens("text", text, width=width, device=device)
+    if text_offsets is None:
+        if R != 1:
+            raise ValueError("text for several requests needs text_offsets [R+1] (or a list)")
+        offs = [0, text.shape[0]]
+    else:
+        offs = C.check_offsets("text_offsets", text_offsets, text.shape[0], "M", device)
+        if len(offs) != R + 1:
+            raise ValueError(
+                f"text_offsets has {len(offs)} entries but there are {R} requests (need {R + 1})"
+            )
+    if offs[-1] == 0:
+        return None, None
+    return text, offs
+
+
+def prune_batch(
+    vision: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    request_offsets: torch.Tensor,
+    text: Union[torch.Tensor, Sequence[Optional[torch.Tensor]], None] = None,
+    text_offsets: Optional[torch.Tensor] = None,
+    *,
+    keep_ratio: Union[float, Sequence[float], None] = None,
+    budget: Union[int, Sequence[int], torch.Tensor, None] = None,
+    method: str = "adaptive",
+    min_per_image: int = 1,
+    return_diagnostics: bool = False,
+    **options: Any,
+) -> BatchPruneResult:
+    """Prune several requests, each with its own images and budget, in one call.
+
+    Packing (two-level offsets, FlashAttention convention):
+
+    - ``vision [N, D]``: the tokens of all images of all requests, concatenated;
+    - ``cu_seqlens [n+1]``: image ``k`` owns rows ``cu_seqlens[k]:cu_seqlens[k+1]``;
+    - ``request_offsets [R+1]``: request ``r`` owns images ``request_offsets[r]:[r+1]``;
+    - ``text``: ``[M, D]`` with ``text_offsets [R+1]``, or a list of ``R`` tensors/None.
+
+    ``keep_ratio`` (float, or one per request) or ``budget`` (int for every request, or one
+    per request): exactly one. Each request keeps exactly its ``B_r`` tokens. The adaptive
+    method serves all requests with one call of each op; baselines loop over requests.
+
+    Example::
+
+        res = prune_batch(vision, cu_seqlens, torch.tensor([0, 3, 5]), keep_ratio=[0.25, 0.5])
+        first_request_rows, second_request_rows = res.split()
+    """
+    vision = C.check_tokens("vision", vision)
+    N, D = vision.shape
+    dev = vision.device
+    cu = C.check_offsets("cu_seqlens", cu_seqlens, N, "N (rows of vision)", dev)
+    n = len(cu) - 1
+    ro = C.check_offsets("request_offsets", request_offsets, n, "n (number of images)", dev)
+    R = len(ro) - 1
+    spec = get_method(method)
+    if not isinstance(return_diagnostics, bool):
+        raise TypeError(f"return_diagnostics must be True or False, got {return_diagnostics!r}")
+    opts = C.check_options(method, options, spec.options)
+    q = C.check_min_per_image(min_per_image)
+    txt, to = _pack_text(text, text_offsets, R, D, dev)
+    ratios = _per_request(keep_ratio, R, "keep_ratio")
+    buds = _per_request(budget, R, "budget")
+    counts = [cu[k + 1] - cu[k] for k in range(n)]
+    budgets = []
+    for r in range(R):
+        where = f" for request {r}" if R > 1 else ""
+        n_r = cu[ro[r + 1]] - cu[ro[r]]
+        B = C.check_keep(ratios[r], buds[r], n_r, where)
+        C.check_minimums(B, counts[ro[r] : ro[r + 1]], q, where)
+        budgets.append(B)
+
+    diags = None
+    if spec.batched is not None:
+        kept, diags = spec.batched(vision, cu, ro, txt, to, budgets, q, opts, return_diagnostics)
+    else:
+        parts = []
+        for r in range(R):
+            a, e = cu[ro[r]], cu[ro[r + 1]]
+            t_r = txt[to[r] : to[r + 1]] if txt is not None and to[r + 1] > to[r] else None
+            local = spec.select(vision[a:e], counts[ro[r] : ro[r + 1]], t_r, budgets[r], q, opts)
+            parts.append(local.to(device=dev, dtype=torch.int64) + a)
+        kept = torch.sort(torch.cat(parts)).values if parts else torch.zeros(
+            0, dtype=torch.int64, device=dev
+        )
+    mask = torch.zeros(N, dtype=torch.bool, device=dev)
+    mask[kept] = True
+    img = torch.repeat_interleave(
+        torch.arange(n, device=dev), torch.tensor(counts, device=dev), output_size=N
+    )
+    per_image = torch.zeros(n, dtype=torch.int64, device=dev).index_add_(
+        0, img[kept], torch.ones_like(kept)
+    )
+    _check_result(method, kept, mask, per_image, budgets, counts, q)
+    b_t = torch.tensor(budgets, dtype=torch.int64, device=dev)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), torch.cumsum(b_t, 0)])
+    return BatchPruneResult(kept, offsets, b_t, per_image, mask, diags)
+
+
+def _check_result(method, kept, mask, per_image, budgets, counts, q) -> None:
+    """Every method must return exactly B unique rows per request, honouring the minimums.
+
+    A violation is a bug in the method, never the user's fault: fail loudly, not silently.
+    """
+    total = sum(budgets)
+    if kept.numel() != total or int(mask.sum()) != total:
+        raise RuntimeError(
+            f"internal error: method={method!r} returned {kept.numel()} rows "
+            f"({int(mask.sum())} unique) for budgets {budgets}; please report this"
+        )
+    need = torch.tensor([min(q, m) for m in counts], device=per_image.device)
+    if bool((per_image < need).any()):
+        raise RuntimeError(
+            f"internal error: method={method!r} left an image below min_per_image={q}; "
+            "please report this"
+        )
+
+
+def prune(
+    vision: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    text: Optional[torch.Tensor] = None,
+    *,
+    keep_ratio: Optional[float] = None,
+    budget: Optional[int] = None,
+    method: str = "adaptive",
+    min_per_image: int = 1,
+    return_diagnostics: bool = False,
+    **options: Any,
+) -> PruneResult:
+    """Keep a content-adaptive subset of the visual tokens of one multi-image prompt.
+
+    Args:
+        vision: ``[N, D]`` visual tokens (fp32/fp16/bf16), LLM embedding space.
+        cu_seqlens: ``[n+1]`` int32/int64 image offsets: image ``k`` is rows
+            ``cu_seqlens[k]:cu_seqlens[k+1]`` (empty images allowed).
+        text: optional ``[M, D]`` prompt-token embeddings in the same space.
+        keep_ratio: ``B = floor(keep_ratio * N + 0.5)``, in (0, 1]; or
+        budget: ``B`` directly, in [0, N]. Exactly one of the two.
+        method: ``"adaptive"`` (the method) or a baseline (see ``adaptive_prune.METHODS``).
+        min_per_image: every image keeps at least ``min(min_per_image, m_k)`` tokens.
+        return_diagnostics: also return the per-image scores and budgets.
+        **options: the method's knobs (``adaptive``: sigma, lam, tau_a, beta, gamma, tau,
+            intra, align, inter_image, selection, eps). Unknown names raise ``TypeError``.
+
+    Returns:
+        :class:`PruneResult` with ``indices [B]`` sorted ascending, ``per_image [n]``,
+        ``mask [N]`` and ``diagnostics``.
+
+    Example::
+
+        res = adaptive_prune.prune(vision, cu_seqlens, text, keep_ratio=0.25)
+        pruned = vision[res.indices]          # original order kept: position ids stay valid
+    """
+    if isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.ndim == 1 and cu_seqlens.numel():
+        n = cu_seqlens.shape[0] - 1
+    else:
+        n = 0
+    req = torch.tensor([0, max(n, 0)], dtype=torch.int64)
+    res = prune_batch(
+        vision, cu_seqlens, req, text, None, keep_ratio=keep_ratio, budget=budget, method=method,
+        min_per_image=min_per_image, return_diagnostics=return_diagnostics, **options,
+    )
+    diag = res.diagnostics[0] if res.diagnostics else None
+    return PruneResult(res.indices, res.per_image, res.mask, diag)

@@ -59,9 +59,7 @@ def check_offsets(name: str, off: Any, total: int, total_name: str, device=None)
                 f"{name}[{i}] = {vals[i]}"
             )
     if vals[-1] != total:
-        raise ValueError(
-            f"{name} must end at {total_name} = {total}, got {name}[-1] = {vals[-1]}"
-        )
+        raise ValueError(f"{name} must end at {total_name} = {total}, got {name}[-1] = {vals[-1]}")
     return vals
 
 

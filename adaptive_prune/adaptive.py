@@ -88,8 +88,14 @@ def run_adaptive(
 
     # ---- stage 0 ------------------------------------------------------------------------
     d_intra, mult, att, d_inter = ops.budget_scores(
-        vision, cu_t, ro_t, text if has_text else None, to_t, float(o["sigma"]),
-        float(o["tau_a"]), eps,
+        vision,
+        cu_t,
+        ro_t,
+        text if has_text else None,
+        to_t,
+        float(o["sigma"]),
+        float(o["tau_a"]),
+        eps,
     )
     m = idx(counts, dtype=d_intra.dtype, device=dev)
     live = m > 0
@@ -123,7 +129,10 @@ def run_adaptive(
     alloc_tot = [0 if trivial[r] else pool_sizes[r] for r in range(R)]
     alloc_min = [0 if trivial[r] else mins[k] for r in range(R) for k in range(ro[r], ro[r + 1])]
     b = ops.allocate_budgets(
-        weights, idx(counts, device=dev), idx(alloc_min, device=dev), ro_t,
+        weights,
+        idx(counts, device=dev),
+        idx(alloc_min, device=dev),
+        ro_t,
         idx(alloc_tot, device=dev),
     )
     rank = ops.greedy_select(vision, cu_t, b, str(o["intra"]), eps)
@@ -145,8 +154,24 @@ def run_adaptive(
         kept_parts.append(pool)
         n_cand = list(pool_sizes)
     elif pool.numel():
-        kept_parts += _stage2(vision, text, to, pool, b_host, mins, ro, budgets, pool_sizes,
-                              trivial, has_text, text_rows, rank, img, o, n_cand)
+        kept_parts += _stage2(
+            vision,
+            text,
+            to,
+            pool,
+            b_host,
+            mins,
+            ro,
+            budgets,
+            pool_sizes,
+            trivial,
+            has_text,
+            text_rows,
+            rank,
+            img,
+            o,
+            n_cand,
+        )
 
     kept = torch.cat(kept_parts) if kept_parts else torch.zeros(0, dtype=torch.int64, device=dev)
     kept = torch.sort(kept).values
@@ -156,17 +181,43 @@ def run_adaptive(
         diags = []
         for r in range(R):
             k0, k1 = ro[r], ro[r + 1]
-            bud = b[k0:k1] if not trivial[r] else (idx(counts[k0:k1], device=dev) * (budgets[r] > 0))
-            diags.append(Diagnostics(
-                d_intra=d_intra[k0:k1], mult=mult[k0:k1], att=att[k0:k1], budgets=bud,
-                d_inter=float(d_inter[r]), rho=float(rho[r]), budget=budgets[r],
-                pool_size=pool_sizes[r], candidates=n_cand[r],
-            ))
+            bud = (
+                b[k0:k1] if not trivial[r] else (idx(counts[k0:k1], device=dev) * (budgets[r] > 0))
+            )
+            diags.append(
+                Diagnostics(
+                    d_intra=d_intra[k0:k1],
+                    mult=mult[k0:k1],
+                    att=att[k0:k1],
+                    budgets=bud,
+                    d_inter=float(d_inter[r]),
+                    rho=float(rho[r]),
+                    budget=budgets[r],
+                    pool_size=pool_sizes[r],
+                    candidates=n_cand[r],
+                )
+            )
     return kept, diags
 
 
-def _stage2(vision, text, to, pool, b_host, mins, ro, budgets, pool_sizes, trivial, has_text,
-            text_rows, rank, img, o, n_cand) -> list[torch.Tensor]:
+def _stage2(
+    vision,
+    text,
+    to,
+    pool,
+    b_host,
+    mins,
+    ro,
+    budgets,
+    pool_sizes,
+    trivial,
+    has_text,
+    text_rows,
+    rank,
+    img,
+    o,
+    n_cand,
+) -> list[torch.Tensor]:
     """Global diversity filter and final selection for the non-trivial requests."""
     dev = vision.device
     R = len(ro) - 1

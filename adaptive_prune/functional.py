@@ -71,8 +71,10 @@ def _pack_text(text, text_offsets, R, width, device):
         return None, None
     if isinstance(text, (list, tuple)):
         if text_offsets is not None:
-            raise ValueError("give text as a list of per-request tensors or as a tensor with "
-                             "text_offsets, not both")
+            raise ValueError(
+                "give text as a list of per-request tensors or as a tensor with "
+                "text_offsets, not both"
+            )
         if len(text) != R:
             raise ValueError(f"text is a list of {len(text)} entries but there are {R} requests")
         parts, offs = [], [0]
@@ -86,8 +88,9 @@ def _pack_text(text, text_offsets, R, width, device):
         if not parts:
             return None, None
         dtypes = {t.dtype for t in parts}
-        return torch.cat([t.to(parts[0].dtype) for t in parts]) if len(dtypes) > 1 else \
-            torch.cat(parts), offs
+        return torch.cat([t.to(parts[0].dtype) for t in parts]) if len(dtypes) > 1 else torch.cat(
+            parts
+        ), offs
     C.check_tokens("text", text, width=width, device=device)
     if text_offsets is None:
         if R != 1:
@@ -170,8 +173,10 @@ def prune_batch(
             t_r = txt[to[r] : to[r + 1]] if txt is not None and to[r + 1] > to[r] else None
             local = spec.select(vision[a:e], counts[ro[r] : ro[r + 1]], t_r, budgets[r], q, opts)
             parts.append(local.to(device=dev, dtype=torch.int64) + a)
-        kept = torch.sort(torch.cat(parts)).values if parts else torch.zeros(
-            0, dtype=torch.int64, device=dev
+        kept = (
+            torch.sort(torch.cat(parts)).values
+            if parts
+            else torch.zeros(0, dtype=torch.int64, device=dev)
         )
     mask = torch.zeros(N, dtype=torch.bool, device=dev)
     mask[kept] = True
@@ -248,8 +253,17 @@ def prune(
         n = 0
     req = torch.tensor([0, max(n, 0)], dtype=torch.int64)
     res = prune_batch(
-        vision, cu_seqlens, req, text, None, keep_ratio=keep_ratio, budget=budget, method=method,
-        min_per_image=min_per_image, return_diagnostics=return_diagnostics, **options,
+        vision,
+        cu_seqlens,
+        req,
+        text,
+        None,
+        keep_ratio=keep_ratio,
+        budget=budget,
+        method=method,
+        min_per_image=min_per_image,
+        return_diagnostics=return_diagnostics,
+        **options,
     )
     diag = res.diagnostics[0] if res.diagnostics else None
     return PruneResult(res.indices, res.per_image, res.mask, diag)

@@ -53,13 +53,22 @@ class AdaptiveTokenPruner(nn.Module):
         text: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, PruneResult]:
         res = prune(
-            vision, cu_seqlens, text, keep_ratio=self.keep_ratio, budget=self.budget,
-            method=self.method, min_per_image=self.min_per_image, **self.options,
+            vision,
+            cu_seqlens,
+            text,
+            keep_ratio=self.keep_ratio,
+            budget=self.budget,
+            method=self.method,
+            min_per_image=self.min_per_image,
+            **self.options,
         )
         return vision[res.indices], res
 
     def extra_repr(self) -> str:
-        keep = f"keep_ratio={self.keep_ratio}" if self.keep_ratio is not None else \
-            f"budget={self.budget}"
+        keep = (
+            f"keep_ratio={self.keep_ratio}"
+            if self.keep_ratio is not None
+            else f"budget={self.budget}"
+        )
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
         return f"{keep}, method={self.method!r}, min_per_image={self.min_per_image}{opts}"

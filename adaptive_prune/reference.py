@@ -288,9 +288,10 @@ def token_alignment(
     for r in range(len(ro) - 1):
         if ro[r + 1] == ro[r] or to[r + 1] == to[r]:
             continue
-        sim = normalize(vision[rows[ro[r] : ro[r + 1]]], eps) @ normalize(
-            text[to[r] : to[r + 1]], eps
-        ).T
+        sim = (
+            normalize(vision[rows[ro[r] : ro[r + 1]]], eps)
+            @ normalize(text[to[r] : to[r + 1]], eps).T
+        )
         out[ro[r] : ro[r + 1]] = (sim.mean(1) if reduce == "mean" else sim.max(1).values).float()
     return out
 

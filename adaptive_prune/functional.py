@@ -54,12 +54,16 @@ class BatchPruneResult:
 
 
 def _per_request(value: Any, R: int, name: str) -> list:
-    if value is None or isinstance(value, (int, float)):
-        return [value] * R
+    """A scalar (validated later) for every request, or one value per request."""
     if isinstance(value, torch.Tensor):
-        value = value.tolist()
-    if not isinstance(value, Sequence) or len(value) != R:
-        raise ValueError(f"{name} must be a scalar or a sequence of {R} values (one per request)")
+        value = value.item() if value.ndim == 0 else value.tolist()
+    if not isinstance(value, (list, tuple)):
+        return [value] * R
+    if len(value) != R:
+        raise ValueError(
+            f"{name} must be a scalar or a sequence of {R} values (one per request), "
+            f"got {len(value)} values"
+        )
     return list(value)
 
 

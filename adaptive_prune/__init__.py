@@ -10,6 +10,7 @@ See README.md and docs/METHOD.md.
 
 from . import _backend, ops
 from . import adaptive as _adaptive  # noqa: F401  (registers method="adaptive")
+from . import baselines as _baselines  # noqa: F401  (registers the baseline methods)
 from .adaptive import Diagnostics
 from .functional import BatchPruneResult, PruneResult, prune, prune_batch
 from .methods import METHODS

@@ -158,3 +158,8 @@ def cosine_threshold_or_none(v: Any) -> str | None:
         return None
     ok = isinstance(v, Real) and not isinstance(v, bool) and -1.0 < v <= 1.0
     return None if ok else "None or a cosine threshold in (-1, 1]"
+
+
+def unit_interval(v: Any) -> str | None:
+    ok = isinstance(v, Real) and not isinstance(v, bool) and 0.0 <= v <= 1.0
+    return None if ok else "a number in [0, 1]"

@@ -2,9 +2,17 @@
 
 One call serves a whole batch of requests: every op below runs once for all requests (the ops
 take two-level offsets), so a backend that implements an op as one kernel launch serves the
-batch in one launch. Host synchronisations of this composition, in order: reading the offsets
-(skipped when they are given on the CPU), the per-request pool sizes ``B1`` (they need ``rho``
-from stage 0), and the candidate counts; each is a small scalar transfer, never a per-step one.
+batch in one launch.
+
+Host synchronisations (CUDA): exactly one, reading ``rho`` (with ``D_inter``) after stage 0,
+because the pool sizes ``B1`` decide ``global_greedy``'s ``num_picks`` (a host list, the size
+of its output). Everything else stays on the device or is known on the host: offsets are passed
+to the ops as CPU tensors (the launchers read them for free), small host lists go to the
+device through pinned non-blocking copies (:func:`_dev`; a pageable ``torch.tensor(...,
+device="cuda")`` synchronises), the pool is built by a scatter instead of ``nonzero``, the
+reserved counts are known from ``min_per_image``, and the final keep mask is turned into rows
+by a stable sort of known size. Optional paths add their own: ``tau`` (hard filter),
+``selection="weighted"``, diagnostics (none beyond the one above). docs/kernels.md lists them.
 """
 
 from __future__ import annotations
@@ -23,15 +31,18 @@ from .methods import Method, register_method
 # benchmark (benchmarks/quality.py) decides them and the README records why.
 OPTIONS = {
     "sigma": (0.05, C.positive),  # multiplicity temperature
-    "lam": (3.0, C.non_negative),  # candidate-pool growth: B1 = B + ceil(B * lam * (1 - rho))
+    "lam": (12.0, C.non_negative),  # candidate-pool growth: B1 = B + ceil(B * lam * (1 - rho))
     "tau_a": (10.0, C.positive),  # query-relevance softmax temperature
     "beta": (1.0, C.non_negative),  # weight of query relevance in the per-image budget
-    "gamma": (1.5, C.at_least_one),  # candidate count P = ceil(gamma * B)
+    "gamma": (6.0, C.at_least_one),  # candidate count P = ceil(gamma * B)
     "tau": (None, C.cosine_threshold_or_none),  # optional hard duplicate filter
     "intra": ("maxmin", C.one_of("maxmin", "maxsum")),  # stage-1 greedy objective
     "align": ("mean", C.one_of("mean", "max")),  # text alignment reduction
     "inter_image": (True, C.is_bool),  # False: no multiplicity, no stage 2 (ablation)
     "selection": ("pareto", C.one_of("pareto", "weighted")),  # with text: Pareto or 0.5/0.5 sum
+    # with text: share of the non-reserved slots filled straight from the global greedy order
+    # (largest gains) before the Pareto selection fills the rest (0 = Pareto only)
+    "diversity_floor": (0.5, C.unit_interval),
     "eps": (1e-6, C.positive),  # norm floor
 }
 
@@ -58,6 +69,21 @@ def _starts(vals: list[int]) -> list[int]:
     return out
 
 
+def _dev(values: list, dev: torch.device, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """A host list on ``dev`` without a host synchronisation (pinned, non-blocking on CUDA)."""
+    t = torch.tensor(values, dtype=dtype)
+    if dev.type == "cuda":
+        return t.pin_memory().to(dev, non_blocking=True)
+    return t.to(dev)
+
+
+def _true_positions(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """Positions of the ``count`` True entries of ``mask``, ascending, without a host sync."""
+    if mask.device.type == "cpu":
+        return torch.nonzero(mask).flatten()
+    return torch.argsort((~mask).to(torch.uint8), stable=True)[:count]
+
+
 def run_adaptive(
     vision: torch.Tensor,
     cu: list[int],
@@ -81,9 +107,10 @@ def run_adaptive(
     text_rows = [to[r + 1] - to[r] for r in range(R)] if to is not None else [0] * R
     has_text = text is not None and any(text_rows)
     idx = torch.tensor
-    cu_t = idx(cu, dtype=torch.int64, device=dev)
-    ro_t = idx(ro, dtype=torch.int64, device=dev)
-    to_t = idx(to, dtype=torch.int64, device=dev) if has_text else None
+    # offsets stay on the CPU: every backend reads them on the host, so no sync is needed
+    cu_t = idx(cu, dtype=torch.int64)
+    ro_t = idx(ro, dtype=torch.int64)
+    to_t = idx(to, dtype=torch.int64) if has_text else None
     eps = float(o["eps"])
 
     # ---- stage 0 ------------------------------------------------------------------------
@@ -97,13 +124,11 @@ def run_adaptive(
         float(o["tau_a"]),
         eps,
     )
-    m = idx(counts, dtype=d_intra.dtype, device=dev)
+    m = _dev(counts, dev, d_intra.dtype)
     live = m > 0
     if not o["inter_image"]:
         mult = live.to(mult.dtype)
-    img_req = torch.repeat_interleave(
-        torch.arange(R, device=dev), idx([ro[r + 1] - ro[r] for r in range(R)], device=dev)
-    )
+    img_req = _dev([r for r in range(R) for _ in range(ro[r], ro[r + 1])], dev)
     n_live = torch.zeros(R, dtype=m.dtype, device=dev).index_add_(0, img_req, live.to(m.dtype))
     weights = m * (d_intra + 1e-3) / mult.clamp_min(1e-12)
     weights = weights * (1.0 + float(o["beta"]) * n_live[img_req] * att)
@@ -113,7 +138,8 @@ def run_adaptive(
     intra_sum = torch.zeros(R, dtype=m.dtype, device=dev).index_add_(0, img_req, d_intra * live)
     mean_intra = intra_sum / n_live.clamp_min(1)
     rho_t = d_inter / (mean_intra + d_inter + eps)
-    rho = rho_t.tolist()
+    host = torch.cat([rho_t, d_inter]).tolist()  # the one host sync of this function
+    rho, d_inter_host = host[:R], host[R:]
     trivial = [budgets[r] in (0, n_req[r]) for r in range(R)]
     pool_sizes = []
     for r in range(R):
@@ -130,36 +156,39 @@ def run_adaptive(
     alloc_min = [0 if trivial[r] else mins[k] for r in range(R) for k in range(ro[r], ro[r + 1])]
     b = ops.allocate_budgets(
         weights,
-        idx(counts, device=dev),
-        idx(alloc_min, device=dev),
+        idx(counts, dtype=torch.int64),
+        idx(alloc_min, dtype=torch.int64),
         ro_t,
-        idx(alloc_tot, device=dev),
+        idx(alloc_tot, dtype=torch.int64),
     )
     rank = ops.greedy_select(vision, cu_t, b, str(o["intra"]), eps)
 
-    b_host = b.tolist()
     kept_parts: list[torch.Tensor] = []
     for r in range(R):  # trivial requests: everything or nothing
         if trivial[r] and budgets[r]:
             kept_parts.append(torch.arange(cu[ro[r]], cu[ro[r + 1]], device=dev))
 
-    picked = rank >= 0
-    img = torch.repeat_interleave(torch.arange(n, device=dev), idx(counts, device=dev))
-    key = img * (max(counts, default=0) + 1) + rank
-    pool = torch.nonzero(picked).flatten()
-    pool = pool[torch.argsort(key[pool], stable=True)]  # (image, pick order)
+    # pool in (image, pick order): image k's picks occupy positions cumb[k] + rank (a scatter
+    # of known size K = sum b; unpicked tokens land in distinct dummy slots after K)
+    N = vision.shape[0]
+    K = sum(alloc_tot)
+    img = torch.repeat_interleave(torch.arange(n, device=dev), _dev(counts, dev), output_size=N)
+    cumb = torch.cumsum(b, 0) - b
+    tok = torch.arange(N, device=dev)
+    slot = torch.where(rank >= 0, cumb[img] + rank, K + tok)
+    pool = torch.empty(K + N, dtype=torch.int64, device=dev).scatter_(0, slot, tok)[:K]
     n_cand = [budgets[r] if trivial[r] else 0 for r in range(R)]
 
     if not o["inter_image"]:
         kept_parts.append(pool)
         n_cand = list(pool_sizes)
-    elif pool.numel():
+    elif K:
         kept_parts += _stage2(
             vision,
             text,
             to,
             pool,
-            b_host,
+            (b, cumb),
             mins,
             ro,
             budgets,
@@ -181,16 +210,14 @@ def run_adaptive(
         diags = []
         for r in range(R):
             k0, k1 = ro[r], ro[r + 1]
-            bud = (
-                b[k0:k1] if not trivial[r] else (idx(counts[k0:k1], device=dev) * (budgets[r] > 0))
-            )
+            bud = b[k0:k1] if not trivial[r] else (_dev(counts[k0:k1], dev) * (budgets[r] > 0))
             diags.append(
                 Diagnostics(
                     d_intra=d_intra[k0:k1],
                     mult=mult[k0:k1],
                     att=att[k0:k1],
                     budgets=bud,
-                    d_inter=float(d_inter[r]),
+                    d_inter=float(d_inter_host[r]),
                     rho=float(rho[r]),
                     budget=budgets[r],
                     pool_size=pool_sizes[r],
@@ -205,7 +232,7 @@ def _stage2(
     text,
     to,
     pool,
-    b_host,
+    b_cumb,
     mins,
     ro,
     budgets,
@@ -223,22 +250,24 @@ def _stage2(
     R = len(ro) - 1
     eps = float(o["eps"])
     pool_off = _starts([0 if trivial[r] else pool_sizes[r] for r in range(R)])
-    img_start = _starts(b_host)  # pool position of every image's first pick
-    reserved = rank[pool] < torch.tensor(mins, device=dev)[img[pool]]
+    b, img_start = b_cumb  # budgets and pool position of every image's first pick (device)
+    reserved = rank[pool] < _dev(mins, dev)[img[pool]]
+    # every image keeps its first min(q, m_k) picks (b_k >= that): the counts are known here
+    n_res = [0 if trivial[r] else sum(mins[ro[r] : ro[r + 1]]) for r in range(R)]
     for r in range(R):
-        if trivial[r] or any(mins[k] for k in range(ro[r], ro[r + 1])):
+        if trivial[r] or n_res[r]:
             continue
-        seg = b_host[ro[r] : ro[r + 1]]  # q = 0: start from the largest b_k's first pick
-        k = ro[r] + max(range(len(seg)), key=lambda i: (seg[i], -i))
-        reserved[img_start[k]] = True
-    n_res = [int(v) for v in _segment_sums(reserved, pool_off)]
+        # q = 0: start from the first pick of the largest b_k (torch.argmax: first maximum)
+        k = (ro[r] + torch.argmax(b[ro[r] : ro[r + 1]])).reshape(1)
+        reserved.index_fill_(0, img_start.index_select(0, k), True)
+        n_res[r] = 1
     picks = []
     for r in range(R):
         B = budgets[r]
         P = 0 if trivial[r] else min(pool_sizes[r], max(B, math.ceil(float(o["gamma"]) * B - 1e-9)))
         picks.append(max(P, n_res[r]))
     order, gains = ops.global_greedy(
-        vision, pool, torch.tensor(pool_off, device=dev), reserved, picks, eps
+        vision, pool, torch.tensor(pool_off, dtype=torch.int64), reserved, picks, eps
     )
     ord_off = _starts(picks)
     out, sel_rows, sel_gain, sel_off, sel_k, sel_req = [], [], [], [0], [], []
@@ -255,11 +284,15 @@ def _stage2(
         rows = pool[seg]
         out.append(rows[:nr])
         if has_text and text_rows[r] and B > nr:
-            sel_rows.append(rows[nr:])
-            sel_gain.append(g[nr:])
-            sel_off.append(sel_off[-1] + rows.numel() - nr)
-            sel_k.append(B - nr)
-            sel_req.append(r)
+            # diversity floor: the first ceil(kappa * (B - nr)) greedy picks are kept outright
+            nf = min(B - nr, math.ceil(float(o["diversity_floor"]) * (B - nr) - 1e-9))
+            out.append(rows[nr : nr + nf])
+            if B > nr + nf:
+                sel_rows.append(rows[nr + nf :])
+                sel_gain.append(g[nr + nf :])
+                sel_off.append(sel_off[-1] + rows.numel() - nr - nf)
+                sel_k.append(B - nr - nf)
+                sel_req.append(r)
         else:
             out.append(rows[nr:B])
     if sel_rows:
@@ -267,23 +300,17 @@ def _stage2(
         # token_alignment wants contiguous text segments: gather the requests' text rows
         txt = torch.cat([text[to[r] : to[r + 1]] for r in sel_req])
         txt_off = _starts([to[r + 1] - to[r] for r in sel_req])
-        off_t = torch.tensor(sel_off, device=dev)
+        off_t = torch.tensor(sel_off, dtype=torch.int64)
         a = ops.token_alignment(
-            vision, rows, off_t, txt, torch.tensor(txt_off, device=dev), str(o["align"]), eps
+            vision, rows, off_t, txt, torch.tensor(txt_off, dtype=torch.int64), str(o["align"]), eps
         )
         g = torch.cat(sel_gain)
         if o["selection"] == "pareto":
             keep = ops.pareto_select(g, a, off_t, sel_k)
         else:
             keep = _weighted_select(g, a, sel_off, sel_k)
-        out.append(rows[keep])
+        out.append(rows[_true_positions(keep, sum(sel_k))])
     return out
-
-
-def _segment_sums(mask: torch.Tensor, offsets: list[int]) -> list[int]:
-    c = torch.cumsum(mask.to(torch.int64), 0).tolist()
-    c = [0] + c
-    return [c[offsets[i + 1]] - c[offsets[i]] for i in range(len(offsets) - 1)]
 
 
 def _hard_filter(vision, rows, imgs, n_res, B, tau, eps) -> torch.Tensor:

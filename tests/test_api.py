@@ -271,3 +271,22 @@ def test_text_on_another_device_is_rejected():
     meta_text = torch.empty(2, 8, device="meta")
     with pytest.raises(ValueError, match="text is on meta but vision is on cpu"):
         ap.prune(X, CU, meta_text, keep_ratio=0.5)
+
+
+def test_diversity_floor_one_ignores_alignment_and_zero_is_pure_pareto():
+    x, cu = random_tokens([25, 18, 30], dim=16, seed=41)
+    t = torch.randn(3, 16)
+    blind = ap.prune(x, cu, keep_ratio=0.3, beta=0.0)
+    floor1 = ap.prune(x, cu, t, keep_ratio=0.3, beta=0.0, diversity_floor=1.0)
+    assert torch.equal(floor1.indices, blind.indices)  # every slot taken from the greedy order
+    floor0 = ap.prune(x, cu, t, keep_ratio=0.3, beta=0.0, diversity_floor=0.0)
+    half = ap.prune(x, cu, t, keep_ratio=0.3, beta=0.0)
+    assert not torch.equal(floor0.indices, blind.indices)  # alignment matters without a floor
+    # the default floor (0.5) keeps the reserved tokens (one per image) and the first
+    # ceil(0.5 * (B - 3)) greedy picks, all of which the text-blind run keeps too
+    B = blind.indices.numel()
+    shared = set(blind.indices.tolist()) & set(half.indices.tolist())
+    assert len(shared) >= 3 + math.ceil(0.5 * (B - 3))
+    assert not torch.equal(half.indices, blind.indices)
+    with pytest.raises(ValueError, match="diversity_floor=1.5"):
+        ap.prune(x, cu, t, keep_ratio=0.3, diversity_floor=1.5)

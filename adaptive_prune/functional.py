@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from . import _checks as C
-from .adaptive import Diagnostics
+from .adaptive import Diagnostics, _dev
 from .methods import get_method
 
 __all__ = ["PruneResult", "BatchPruneResult", "prune", "prune_batch"]
@@ -185,13 +185,13 @@ def prune_batch(
     mask = torch.zeros(N, dtype=torch.bool, device=dev)
     mask[kept] = True
     img = torch.repeat_interleave(
-        torch.arange(n, device=dev), torch.tensor(counts, device=dev), output_size=N
+        torch.arange(n, device=dev), _dev(counts, dev), output_size=N
     )
     per_image = torch.zeros(n, dtype=torch.int64, device=dev).index_add_(
         0, img[kept], torch.ones_like(kept)
     )
     _check_result(method, kept, mask, per_image, budgets, counts, q)
-    b_t = torch.tensor(budgets, dtype=torch.int64, device=dev)
+    b_t = _dev(budgets, dev)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), torch.cumsum(b_t, 0)])
     return BatchPruneResult(kept, offsets, b_t, per_image, mask, diags)
 
@@ -202,16 +202,17 @@ def _check_result(method, kept, mask, per_image, budgets, counts, q) -> None:
     A violation is a bug in the method, never the user's fault: fail loudly, not silently.
     """
     total = sum(budgets)
-    if kept.numel() != total or int(mask.sum()) != total:
+    need = _dev([min(q, m) for m in counts], per_image.device)
+    unique, starved = torch.stack([mask.sum(), (per_image < need).sum()]).tolist()  # one sync
+    if kept.numel() != total or unique != total:
         raise RuntimeError(
             f"internal error: method={method!r} returned {kept.numel()} rows "
-            f"({int(mask.sum())} unique) for budgets {budgets}; please report this"
+            f"({unique} unique) for budgets {budgets}; please report this"
         )
-    need = torch.tensor([min(q, m) for m in counts], device=per_image.device)
-    if bool((per_image < need).any()):
+    if starved:
         raise RuntimeError(
-            f"internal error: method={method!r} left an image below min_per_image={q}; "
-            "please report this"
+            f"internal error: method={method!r} left {starved} image(s) below "
+            f"min_per_image={q}; please report this"
         )
 
 

@@ -1,0 +1,252 @@
+"""Shared pieces of the Triton kernels: interpreter flag, launch configs, host-side schedules,
+host/device transfers that never synchronise, and small ``@triton.jit`` helpers.
+
+Conventions of every kernel in this package (see ../shared/CONVENTIONS.md):
+
+- Variable-length segments (images, requests, pools) follow the ``cu_seqlens`` convention: a
+  segment ``g`` owns rows ``off[g]:off[g+1]``. The launcher reads the offsets **on the host**
+  (free when they are CPU tensors, which is how :mod:`adaptive_prune.adaptive` passes them; one
+  documented synchronisation otherwise), builds small schedules (cumulative tile counts per
+  segment) and uploads them with one pinned, non-blocking copy. A program finds its segment by
+  counting (:func:`_locate`), so no per-tile table is ever built.
+- ``tl.program_id(...).to(tl.int64)`` before pointer arithmetic; offsets are int64 tensors.
+- Accumulation in fp32; similarities are ``(x_i . x_j) * inv_i * inv_j`` with the raw input
+  dtype in ``tl.dot`` (exact products for fp16/bf16) and ``input_precision="ieee"`` for fp32
+  inputs, so the result matches the fp32 reference to ~1e-6 on every device.
+- No autotuning: every launcher picks one config from the table below (so nothing benchmarks
+  through the driver, the interpreter runs one config, and results are deterministic).
+  Nothing here queries the driver at import.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+
+# The Triton interpreter is chosen when ``triton.jit`` decorates a kernel, i.e. at import of
+# the kernel modules; record the mode they were built in.
+def _interpreting() -> bool:
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4; older ones read the env variable
+    if knobs is not None and hasattr(knobs, "runtime"):
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+INTERPRET: bool = _interpreting()
+
+# Largest segment the greedy kernels keep in registers (one program per segment). Beyond it,
+# the running distances live in a global scratch and are processed in chunks of this size.
+MAX_REG_BLOCK = 8192
+
+# Launch configurations (data, not autotuning): (GPU value, interpreter value) and why. The GPU
+# values were chosen with ``python -m adaptive_prune.kernels._compile_check`` (ptxas for sm_90,
+# no GPU needed): the largest tiles that compile without register spills. The interpreter runs
+# programs one by one, so there few big tiles are fastest.
+CONFIGS = {
+    # Similarity blocks, 16-bit inputs: 128x128 output tiles, K step 32, 8 warps (K step 64
+    # spilled 228 stores; 4 warps spilled thousands).
+    "sim_block": (128, 64),
+    "sim_k": (32, 64),
+    "sim_warps": (8, 4),
+    "sim_stages": (3, 1),
+    # fp32 inputs go through ieee FMA dots: 64x64 tiles, K step 16, 8 warps (no spills).
+    "sim_block_f32": (64, 64),
+    "sim_k_f32": (16, 64),
+    "sim_stages_f32": (2, 1),
+    # Row tiles of the one-pass budget kernel: 64 rows x 64 columns per load, 8 warps.
+    "rows_tile": (64, 64),
+    "budget_cols": (64, 128),
+    # Rows per program and columns per load of the inverse-norm pre-pass.
+    "norm_rows": (32, 64),
+    "norm_cols": (128, 128),
+    # Row reductions: 64 queries x 64 keys, K step 32, 8 warps (K step 64 spilled).
+    "rows_keys": (64, 64),
+    "reduce_k": (32, 128),
+    "reduce_warps": (8, 4),
+    # Pareto: rows per program of the pairwise-rank kernel, chunk of the per-segment scans,
+    # and the [PT, PU] tile of pairwise comparisons (kept small: it lives in registers).
+    "pareto_tile": (128, 64),
+    "pareto_chunk": (2048, 64),
+    "pareto_pair_t": (256, 64),
+    "pareto_pair_u": (32, 64),
+}
+
+
+def cfg(name: str) -> int:
+    gpu, interp = CONFIGS[name]
+    return interp if INTERPRET else gpu
+
+
+def sim_config(dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(tile, K step, warps, stages) of the similarity-block kernel for an input dtype."""
+    if dtype == torch.float32:
+        return cfg("sim_block_f32"), cfg("sim_k_f32"), cfg("sim_warps"), cfg("sim_stages_f32")
+    return cfg("sim_block"), cfg("sim_k"), cfg("sim_warps"), cfg("sim_stages")
+
+
+def next_pow2(x: int) -> int:
+    return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-int(a) // int(b))
+
+
+def greedy_warps(block: int) -> int:
+    """Warps for a one-program-per-segment greedy loop over ``block`` lanes."""
+    if INTERPRET:
+        return 1
+    return 4 if block <= 512 else 8 if block <= 2048 else 16
+
+
+# --------------------------------------------------------------------------------------------
+# Host side: offsets, schedules and transfers
+# --------------------------------------------------------------------------------------------
+def host_ints(t: Optional[torch.Tensor]) -> Optional[list[int]]:
+    """Values of a small integer tensor on the host.
+
+    Free for CPU tensors. For a CUDA tensor this is a device-to-host copy, i.e. one host
+    synchronisation: callers that care (``adaptive_prune.adaptive``) pass offsets on the CPU.
+    """
+    if t is None:
+        return None
+    return [int(v) for v in t.tolist()]
+
+
+def upload(values: Sequence[int] | torch.Tensor, device: torch.device, dtype=torch.int64):
+    """A host list (or CPU tensor) on ``device`` without a host synchronisation.
+
+    CUDA: staged through pinned memory and copied with ``non_blocking=True`` (a pageable
+    ``torch.tensor(..., device="cuda")`` synchronises the stream).
+    """
+    if isinstance(values, torch.Tensor) and values.device.type != "cpu":
+        return values.to(device=device, dtype=dtype)
+    cpu = (
+        values.to(dtype) if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+    )
+    if device.type == "cpu":
+        return cpu
+    if device.type == "cuda":
+        cpu = cpu.pin_memory()
+    return cpu.to(device, non_blocking=True)
+
+
+def pack(parts: Sequence[Sequence[int]], device: torch.device) -> list[torch.Tensor]:
+    """Upload several int64 host lists with one copy; returns device views, one per list.
+
+    Every view starts on a 16-byte boundary (even element offset), so the kernels are always
+    compiled for aligned pointers (Triton specialises on alignment: no needless recompiles).
+    """
+    flat: list[int] = []
+    starts = []
+    for p in parts:
+        starts.append(len(flat))
+        flat.extend(int(v) for v in p)
+        if len(flat) % 2:
+            flat.append(0)
+    dev = upload(flat if flat else [0], device)
+    return [dev[a : a + len(p)] for a, p in zip(starts, parts)]
+
+
+def tile_cum(sizes: Sequence[int], tile: int, square: bool = False) -> list[int]:
+    """Cumulative tile counts ``[0, t_0, t_0 + t_1, ...]`` of segments of ``sizes`` rows.
+
+    ``t_g = ceil(m_g / tile)``, or its square for a segment's ``m x m`` similarity block.
+    """
+    out = [0]
+    for m in sizes:
+        t = cdiv(m, tile) if m > 0 else 0
+        out.append(out[-1] + (t * t if square else t))
+    return out
+
+
+def sizes_of(offsets: Sequence[int]) -> list[int]:
+    return [offsets[i + 1] - offsets[i] for i in range(len(offsets) - 1)]
+
+
+def square_bases(sizes: Sequence[int]) -> list[int]:
+    """Start of every segment's ``m x m`` block in a flat fp32 scratch; last entry = total."""
+    out = [0]
+    for m in sizes:
+        out.append(out[-1] + m * m)
+    return out
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``"ieee"`` for fp32 inputs (exact fp32 products, like the reference); 16-bit inputs use
+    the tensor cores, whose products are exact anyway."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def kernel_input(x: torch.Tensor) -> torch.Tensor:
+    """Row-contiguous input in a dtype the kernels take.
+
+    The interpreter mishandles bf16 (NaN in elementwise ops, wrong ``tl.dot``), so under it
+    bf16 is upcast to fp32 (exact). On a GPU bf16 goes to the tensor cores as is.
+    """
+    if x.dim() == 2 and x.stride(-1) != 1:
+        x = x.contiguous()
+    if INTERPRET and x.dtype == torch.bfloat16:
+        x = x.float()
+    return x
+
+
+def set_device(device: torch.device):
+    """Context that makes ``device`` current for the launch (multi-GPU safety)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+# Tests set this (tests/conftest.py fixture ``poison``) so that every buffer the launchers
+# allocate starts as NaN / a negative sentinel: an output the kernels fail to write shows up.
+POISON = False
+
+
+def empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.empty``, or a poisoned buffer when :data:`POISON` is set (tests)."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if POISON:
+        if dtype.is_floating_point:
+            out.fill_(float("nan"))
+        elif dtype == torch.bool:
+            out.view(torch.uint8).fill_(0xAB)
+        else:
+            info = torch.iinfo(dtype)
+            out.fill_(info.min if dtype.is_signed else info.max)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Device helpers
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _locate(cum_ptr, n, t, BLOCK_N: tl.constexpr):
+    """Segment ``g`` with ``cum[g] <= t < cum[g+1]`` for a non-decreasing ``cum [n+1]``
+    (``cum[0] == 0``): the number of ``j`` in ``1..n`` with ``cum[j] <= t``. Empty segments
+    are skipped because their end equals the next one's start."""
+    o_n = tl.arange(0, BLOCK_N)
+    count = tl.zeros((), dtype=tl.int64)
+    for b0 in range(0, n, BLOCK_N):
+        o = b0 + 1 + o_n
+        v = tl.load(cum_ptr + o, mask=o <= n, other=t + 1)
+        count += tl.sum((v <= t).to(tl.int64), axis=0)
+    return count
+
+
+@triton.jit
+def _max_combine(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _inv_norm(ssq, eps):
+    """``1 / max(sqrt(ssq), eps)`` in fp32 (the reference's ``x / x.norm().clamp_min(eps)``)."""
+    return tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(ssq), eps))

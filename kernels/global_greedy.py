@@ -1,0 +1,200 @@
+"""Stage 2 diversity filter: max-min greedy over each request's pool, recording gains.
+
+Request ``r`` owns pool positions ``off[r]:off[r+1]`` (``K_r`` rows ``pool[...]`` of
+``vision``) and returns ``P_r = num_picks[r]`` entries at ``order[sum_{s<r} P_s ...]``:
+
+- first its reserved positions in pool order, with gain ``+inf``;
+- then greedy picks: ``acc_i = min over picked j of (1 - x̂_i . x̂_j)`` (the picked set starts
+  as the reserved tokens; without any, ``acc = +inf`` and the first pick is position 0), and
+  ``j = argmax over unpicked i of acc_i`` (ties to the lower pool position); the pick's gain is
+  ``acc_j`` at that moment.
+
+Shapes: ``vision [N, D]``, ``pool [K]`` int64, ``pool_offsets [R+1]``, ``reserved [K]`` bool;
+outputs ``order [sum P]`` int64 (global pool positions) and ``gains [sum P]`` fp32.
+Reference: :func:`adaptive_prune.reference.global_greedy`.
+
+Launches: the request's ``K_r x K_r`` similarity block (``token_similarity.similarity_blocks``
+with the pool rows gathered), then ``_global_greedy_kernel`` with **one program per request**
+running all of its ``P_r`` steps on the device (one block row read per step). The block is the
+rows the greedy reads (``O(K_r^2 D)`` flops, ``4 K_r^2`` bytes): no matrix over all requests
+and no host round trip per step.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    MAX_REG_BLOCK,
+    empty,
+    greedy_warps,
+    host_ints,
+    next_pow2,
+    pack,
+    set_device,
+    sizes_of,
+)
+from .token_similarity import similarity_blocks
+
+
+@triton.jit
+def _global_greedy_kernel(
+    s_ptr,  # [sum K_r^2] fp32 pool similarity blocks
+    base_ptr,  # [R] int64
+    off_ptr,  # [R+1] int64 pool offsets
+    res_ptr,  # [K] uint8 reserved mask
+    picks_ptr,  # [R] int64 P_r
+    ooff_ptr,  # [R+1] int64 output offsets
+    order_ptr,  # [sum P] int64 out
+    gain_ptr,  # [sum P] fp32 out
+    acc_ptr,  # [K] fp32 scratch (chunked path only)
+    SINGLE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    i_r = tl.program_id(0).to(tl.int64)
+    a = tl.load(off_ptr + i_r)
+    K = tl.load(off_ptr + i_r + 1) - a
+    P = tl.load(picks_ptr + i_r)
+    o0 = tl.load(ooff_ptr + i_r)
+    base = tl.load(base_ptr + i_r)
+    o = tl.arange(0, BLOCK)
+
+    # reserved positions first, in pool order, gain +inf
+    n_res = tl.zeros((), dtype=tl.int64)
+    for c0 in range(0, K, BLOCK):
+        oc = c0 + o
+        rv = tl.load(res_ptr + a + oc, mask=oc < K, other=0).to(tl.int64)
+        pos = n_res + tl.cumsum(rv, axis=0) - rv
+        w = (rv > 0) & (pos < P)
+        tl.store(order_ptr + o0 + pos, a + oc, mask=w)
+        tl.store(gain_ptr + o0 + pos, tl.full((BLOCK,), float("inf"), tl.float32), mask=w)
+        n_res += tl.sum(rv, axis=0)
+    steps = tl.minimum(P, K) - n_res
+    tl.debug_barrier()
+
+    if SINGLE:
+        valid = o < K
+        acc = tl.where(valid, float("inf"), float("-inf"))
+        if steps > 0:
+            for t in range(0, n_res):
+                jr = tl.load(order_ptr + o0 + t) - a
+                row = tl.load(s_ptr + base + jr * K + o, mask=valid, other=0.0)
+                acc = tl.minimum(acc, 1.0 - row)
+        rv = tl.load(res_ptr + a + o, mask=valid, other=0)
+        acc = tl.where(rv != 0, float("-inf"), acc)
+        for step in range(0, steps):
+            v, j = tl.max(acc, axis=0, return_indices=True)
+            tl.store(order_ptr + o0 + n_res + step, a + j)
+            tl.store(gain_ptr + o0 + n_res + step, v)
+            row = tl.load(s_ptr + base + j * K + o, mask=valid, other=0.0)
+            acc = tl.minimum(acc, 1.0 - row)
+            acc = tl.where(o == j, float("-inf"), acc)
+    else:
+        best_v = tl.full((), float("-inf"), tl.float32)
+        best_i = tl.zeros((), dtype=tl.int64)
+        for c0 in range(0, K, BLOCK):
+            oc = c0 + o
+            vc = oc < K
+            acc = tl.where(vc, float("inf"), float("-inf"))
+            if steps > 0:
+                for t in range(0, n_res):
+                    jr = tl.load(order_ptr + o0 + t) - a
+                    row = tl.load(s_ptr + base + jr * K + oc, mask=vc, other=0.0)
+                    acc = tl.minimum(acc, 1.0 - row)
+            rv = tl.load(res_ptr + a + oc, mask=vc, other=0)
+            acc = tl.where(rv != 0, float("-inf"), acc)
+            tl.store(acc_ptr + a + oc, acc, mask=vc)
+            v, i = tl.max(acc, axis=0, return_indices=True)
+            upd = v > best_v
+            best_i = tl.where(upd, c0 + i, best_i)
+            best_v = tl.where(upd, v, best_v)
+        j = best_i
+        g = best_v
+        tl.debug_barrier()
+        for step in range(0, steps):
+            tl.store(order_ptr + o0 + n_res + step, a + j)
+            tl.store(gain_ptr + o0 + n_res + step, g)
+            best_v = tl.full((), float("-inf"), tl.float32)
+            best_i = tl.zeros((), dtype=tl.int64)
+            for c0 in range(0, K, BLOCK):
+                oc = c0 + o
+                vc = oc < K
+                row = tl.load(s_ptr + base + j * K + oc, mask=vc, other=0.0)
+                acc = tl.load(acc_ptr + a + oc, mask=vc, other=float("-inf"))
+                acc = tl.minimum(acc, 1.0 - row)
+                acc = tl.where((oc == j) | (~vc), float("-inf"), acc)
+                tl.store(acc_ptr + a + oc, acc, mask=vc)
+                v, i = tl.max(acc, axis=0, return_indices=True)
+                upd = v > best_v
+                best_i = tl.where(upd, c0 + i, best_i)
+                best_v = tl.where(upd, v, best_v)
+            j = best_i
+            g = best_v
+            tl.debug_barrier()
+
+
+def global_greedy_fwd(
+    vision: torch.Tensor,
+    pool: torch.Tensor,
+    pool_offsets: torch.Tensor,
+    reserved: torch.Tensor,
+    num_picks: Sequence[int],
+    eps: float,
+    *,
+    block: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``adaptive_prune::global_greedy`` on the device: ``(order [sum P] int64, gains fp32)``.
+
+    ``pool_offsets`` may be on the CPU (no host sync) or on the device (one sync to read it).
+    """
+    dev = vision.device
+    po = host_ints(pool_offsets)
+    picks = [int(p) for p in num_picks]
+    R = len(po) - 1
+    if len(picks) != R:
+        raise ValueError(f"num_picks has {len(picks)} entries but pool_offsets has {R} requests")
+    sizes = sizes_of(po)
+    for r in range(R):
+        if picks[r] < 0 or picks[r] > sizes[r]:
+            raise ValueError(f"num_picks[{r}] = {picks[r]} must lie in [0, pool size {sizes[r]}]")
+    total = sum(picks)
+    order = empty(total, torch.int64, dev)
+    gains = empty(total, torch.float32, dev)
+    if total == 0:
+        return order, gains
+    pool = pool.to(device=dev, dtype=torch.int64).contiguous()
+    S, base_d, _ = similarity_blocks(vision, po, eps, rows=pool)
+    ooff = [0]
+    for p in picks:
+        ooff.append(ooff[-1] + p)
+    off_d, picks_d, ooff_d = pack([po, picks, ooff], dev)
+    res = reserved.to(device=dev, dtype=torch.bool).contiguous().view(torch.uint8)
+    max_k = max(sizes)
+    if block is None:
+        block = next_pow2(max_k) if max_k <= MAX_REG_BLOCK else 4096
+    block = max(16, int(block))
+    single = max_k <= block
+    acc = empty((po[-1] if not single else 1,), torch.float32, dev)
+    with set_device(dev):
+        _global_greedy_kernel[(R,)](
+            S,
+            base_d,
+            off_d,
+            res,
+            picks_d,
+            ooff_d,
+            order,
+            gains,
+            acc,
+            SINGLE=single,
+            BLOCK=block,
+            num_warps=greedy_warps(block),
+        )
+    return order, gains
+
+
+__all__ = ["global_greedy_fwd"]

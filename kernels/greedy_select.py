@@ -1,0 +1,186 @@
+"""Stage 1: max-min (or max-sum) greedy selection inside every image, all images in one launch.
+
+For image ``k`` with rows ``cu[k]:cu[k+1]`` (``m`` tokens) and budget ``b = min(budgets[k], m)``:
+
+- first pick ``j_0 = argmax_i x̂_i . mu_k``; since ``mu_k = s_k / ||s_k||`` and
+  ``x̂_i . s_k = sum_j S[i, j]``, this is the argmax of the row sums of the image's similarity
+  block ``S = x̂ x̂^T`` (no extra pass over ``vision``);
+- then ``acc_i = min over picked j of (1 - S[i, j])`` (``mode="maxmin"``) or the sum
+  (``"maxsum"``), and ``j_t = argmax over unpicked i of acc_i``; ties to the lower index.
+
+Output ``rank [N]`` int64: the step at which each token was picked inside its image, -1 if not.
+Reference: :func:`adaptive_prune.reference.greedy_select`.
+
+Launches: one similarity-block kernel (``token_similarity.similarity_blocks``: every image's
+``m x m`` fp32 block, the only matrices written), then ``_greedy_select_kernel`` with **one
+program per image**: the whole loop of ``b`` steps runs on the device, each step reading one
+row of the block (``m`` floats). When ``m <= MAX_REG_BLOCK`` the running distances stay in
+registers; longer images keep them in a global scratch and process chunks of ``BLOCK``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    MAX_REG_BLOCK,
+    empty,
+    greedy_warps,
+    host_ints,
+    next_pow2,
+    set_device,
+    sizes_of,
+    upload,
+)
+from .token_similarity import similarity_blocks
+
+
+@triton.jit
+def _block_row_sums(s_ptr, base, m, c0, BLOCK: tl.constexpr, BJ: tl.constexpr):
+    """``sum_j S[j, c0 + o]`` for a chunk of ``BLOCK`` columns of an ``m x m`` block (equal to
+    the row sums: the blocks are exactly symmetric). Invalid lanes are ``-inf``."""
+    o = c0 + tl.arange(0, BLOCK)
+    valid = o < m
+    rs = tl.zeros((BLOCK,), dtype=tl.float32)
+    for j0 in range(0, m, BJ):
+        o_j = j0 + tl.arange(0, BJ)
+        p = s_ptr + base + o_j[:, None] * m + o[None, :]  # [BJ, BLOCK]
+        rs += tl.sum(tl.load(p, mask=(o_j < m)[:, None] & valid[None, :], other=0.0), axis=0)
+    return tl.where(valid, rs, float("-inf"))
+
+
+@triton.jit
+def _greedy_select_kernel(
+    s_ptr,  # [sum m^2] fp32 similarity blocks
+    base_ptr,  # [n] int64 block starts
+    cu_ptr,  # [n+1] int64 image offsets
+    bud_ptr,  # [n] int64 budgets
+    rank_ptr,  # [N] int64 out
+    acc_ptr,  # [N] fp32 scratch (chunked path only)
+    MAXSUM: tl.constexpr,
+    SINGLE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BJ: tl.constexpr,
+):
+    i_g = tl.program_id(0).to(tl.int64)
+    a = tl.load(cu_ptr + i_g)
+    m = tl.load(cu_ptr + i_g + 1) - a
+    b = tl.minimum(tl.load(bud_ptr + i_g), m)
+    base = tl.load(base_ptr + i_g)
+    o = tl.arange(0, BLOCK)
+    if SINGLE:
+        valid = o < m
+        _, j = tl.max(_block_row_sums(s_ptr, base, m, 0, BLOCK, BJ), axis=0, return_indices=True)
+        if MAXSUM:
+            acc = tl.where(valid, 0.0, float("-inf"))
+        else:
+            acc = tl.where(valid, float("inf"), float("-inf"))
+        b_rank = tl.full((BLOCK,), -1, dtype=tl.int64)
+        for step in range(0, b):
+            row = tl.load(s_ptr + base + j * m + o, mask=valid, other=0.0)
+            if MAXSUM:
+                acc = acc + (1.0 - row)
+            else:
+                acc = tl.minimum(acc, 1.0 - row)
+            hit = o == j
+            acc = tl.where(hit, float("-inf"), acc)
+            b_rank = tl.where(hit, step, b_rank)
+            _, j = tl.max(acc, axis=0, return_indices=True)
+        tl.store(rank_ptr + a + o, b_rank, mask=valid)
+    else:
+        best_v = tl.full((), float("-inf"), tl.float32)
+        best_i = tl.zeros((), dtype=tl.int64)
+        for c0 in range(0, m, BLOCK):
+            oc = c0 + o
+            vc = oc < m
+            tl.store(rank_ptr + a + oc, tl.full((BLOCK,), -1, dtype=tl.int64), mask=vc)
+            if MAXSUM:
+                init = tl.zeros((BLOCK,), dtype=tl.float32)
+            else:
+                init = tl.full((BLOCK,), float("inf"), dtype=tl.float32)
+            tl.store(acc_ptr + a + oc, init, mask=vc)
+            v, i = tl.max(
+                _block_row_sums(s_ptr, base, m, c0, BLOCK, BJ), axis=0, return_indices=True
+            )
+            upd = v > best_v
+            best_i = tl.where(upd, c0 + i, best_i)
+            best_v = tl.where(upd, v, best_v)
+        j = best_i
+        tl.debug_barrier()
+        for step in range(0, b):
+            tl.store(rank_ptr + a + j, tl.zeros((), dtype=tl.int64) + step)
+            best_v = tl.full((), float("-inf"), tl.float32)
+            best_i = tl.zeros((), dtype=tl.int64)
+            for c0 in range(0, m, BLOCK):
+                oc = c0 + o
+                vc = oc < m
+                row = tl.load(s_ptr + base + j * m + oc, mask=vc, other=0.0)
+                acc = tl.load(acc_ptr + a + oc, mask=vc, other=float("-inf"))
+                if MAXSUM:
+                    acc = acc + (1.0 - row)
+                else:
+                    acc = tl.minimum(acc, 1.0 - row)
+                acc = tl.where((oc == j) | (~vc), float("-inf"), acc)
+                tl.store(acc_ptr + a + oc, acc, mask=vc)
+                v, i = tl.max(acc, axis=0, return_indices=True)
+                upd = v > best_v
+                best_i = tl.where(upd, c0 + i, best_i)
+                best_v = tl.where(upd, v, best_v)
+            j = best_i
+            tl.debug_barrier()
+
+
+def greedy_select_fwd(
+    vision: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    budgets: torch.Tensor,
+    mode: str,
+    eps: float,
+    *,
+    block: Optional[int] = None,
+) -> torch.Tensor:
+    """``adaptive_prune::greedy_select`` on the device. Returns ``rank [N]`` int64.
+
+    ``cu_seqlens`` may be on the CPU (no host sync) or on the device (one sync to read it).
+    ``block`` forces the lane count per program (tests use a small one to run the chunked path).
+    """
+    if mode not in ("maxmin", "maxsum"):
+        raise ValueError(f"mode must be 'maxmin' or 'maxsum', got {mode!r}")
+    dev = vision.device
+    N = vision.shape[0]
+    cu = host_ints(cu_seqlens)
+    rank = empty(N, torch.int64, dev)
+    n = len(cu) - 1
+    if N == 0 or n == 0:
+        return rank.fill_(-1)
+    S, base_d, _ = similarity_blocks(vision, cu, eps)
+    cu_d = upload(cu, dev)
+    bud = upload(budgets, dev)
+    max_m = max(sizes_of(cu))
+    if block is None:
+        block = next_pow2(max_m) if max_m <= MAX_REG_BLOCK else 4096
+    block = max(16, int(block))
+    single = max_m <= block
+    acc = empty((N if not single else 1,), torch.float32, dev)
+    with set_device(dev):
+        _greedy_select_kernel[(n,)](
+            S if S.numel() else acc,
+            base_d,
+            cu_d,
+            bud,
+            rank,
+            acc,
+            MAXSUM=mode == "maxsum",
+            SINGLE=single,
+            BLOCK=block,
+            BJ=max(1, min(64, 8192 // block)),
+            num_warps=greedy_warps(block),
+        )
+    return rank
+
+
+__all__ = ["greedy_select_fwd"]

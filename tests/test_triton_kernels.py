@@ -1,0 +1,285 @@
+"""Triton kernels against the reference, launcher by launcher.
+
+Without a GPU these run under the Triton interpreter (tests/conftest.py turns it on), on small
+shapes: the interpreter runs programs one by one. With CUDA they run the compiled kernels on
+the GPU. Inputs are Gaussian tokens in 32-48 dimensions (tie-free at these sizes: every
+selection is compared index for index) and, for the selection kernels, inputs full of ties
+(compared for exact equality too: both sides apply the same tie rules to the same values).
+Every buffer the launchers allocate is poisoned (NaN / sentinel) so unwritten outputs fail.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from adaptive_prune.kernels import _common  # noqa: E402
+from adaptive_prune.kernels.allocate_budgets import allocate_budgets_fwd  # noqa: E402
+from adaptive_prune.kernels.budget_scores import budget_scores_fwd  # noqa: E402
+from adaptive_prune.kernels.global_greedy import global_greedy_fwd  # noqa: E402
+from adaptive_prune.kernels.greedy_select import greedy_select_fwd  # noqa: E402
+from adaptive_prune.kernels.pareto_select import pareto_select_fwd  # noqa: E402
+from adaptive_prune.kernels.token_similarity import (  # noqa: E402
+    similarity_blocks,
+    token_alignment_fwd,
+    token_similarity_fwd,
+)
+
+from adaptive_prune import reference as ref  # noqa: E402
+
+pytestmark = pytest.mark.interpreter
+
+EPS = 1e-6
+# similarity / score tolerances (fp32 accumulation on both sides; fp16 inputs are exact in fp32)
+ATOL = {torch.float32: 2e-6, torch.float16: 2e-6}
+DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")]
+# image sizes: one token, empty, odd sizes, different sizes
+COUNTS = [1, 70, 0, 79, 37, 5]
+
+
+@pytest.fixture(autouse=True)
+def poison():
+    _common.POISON = True
+    yield
+    _common.POISON = False
+
+
+def tokens(counts, dim=40, seed=0, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(sum(counts), dim, generator=g, dtype=torch.float64)
+    cu = [0]
+    for c in counts:
+        cu.append(cu[-1] + c)
+    return x.to(dtype).to(device), torch.tensor(cu, dtype=torch.int64)
+
+
+def brute_sim(x):
+    xh = ref.normalize(x.cpu(), EPS)
+    return xh @ xh.T
+
+
+# --------------------------------------------------------------------------------------------
+# token similarity
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gather", [False, True], ids=["images", "gathered-pool"])
+def test_similarity_blocks(device, dtype, gather):
+    x, cu = tokens(COUNTS, dtype=dtype, device=device)
+    if gather:
+        g = torch.Generator().manual_seed(1)
+        rows = torch.randperm(x.shape[0], generator=g)[:150].to(device)
+        seg = [0, 60, 60, 61, 150]
+    else:
+        rows, seg = None, cu.tolist()
+    S, _, bases = similarity_blocks(x, seg, EPS, rows=rows)
+    full = brute_sim(x[rows] if gather else x)
+    for k in range(len(seg) - 1):
+        a, e = seg[k], seg[k + 1]
+        m = e - a
+        blk = S[bases[k] : bases[k] + m * m].view(m, m).cpu()
+        torch.testing.assert_close(blk, full[a:e, a:e], atol=ATOL[dtype], rtol=0)
+        assert torch.equal(blk, blk.T)  # stored twice from one tile
+
+
+def brute_reduce(x, qrows, qo, y, krows, ko, mode, grp=None):
+    """One query at a time; keys ``y[krows[j]]``; ``grp`` = groups of the (shared) rows."""
+    xh, yh = ref.normalize(x.cpu(), EPS), ref.normalize(y.cpu(), EPS)
+    out = []
+    for s in range(len(qo) - 1):
+        for i in range(qo[s], qo[s + 1]):
+            q = xh[qrows[i]]
+            keys = list(range(ko[s], ko[s + 1]))
+            if mode == "earlier_group_max":
+                keys = [j for j in keys if grp[j] < grp[i]]
+            if mode == "nearest_other_max":
+                keys = [j for j in keys if int(krows[j]) != int(qrows[i])]
+            if ko[s + 1] == ko[s]:
+                out.append(0.0)
+            elif not keys:
+                out.append(float("-inf"))
+            else:
+                c = yh[krows[keys]] @ q
+                out.append(float(c.mean() if mode == "mean" else c.max()))
+    return torch.tensor(out, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("mode", ["mean", "max", "earlier_group_max", "nearest_other_max"])
+def test_row_reductions(device, mode):
+    x, _ = tokens([120], dim=48, seed=2, device=device)
+    if mode in ("mean", "max"):
+        y, _ = tokens([25], dim=48, seed=3, device=device)
+        qrows = torch.randperm(120)[:70]
+        qo, ko = [0, 30, 30, 70], [0, 9, 9, 9]  # the last segment has no keys
+        got = token_similarity_fwd(
+            x, torch.tensor(qo), y, torch.tensor(ko), mode, EPS, q_rows=qrows.to(device)
+        )
+        want = brute_reduce(x, qrows, qo, y, torch.arange(25), ko, mode)
+    else:  # self-similarity inside each segment: queries and keys are the same rows
+        qrows = torch.randperm(120)[:70]
+        qo = [0, 40, 41, 70]  # the one-token segment has no "other" key
+        grp = torch.randint(0, 4, (70,))
+        got = token_similarity_fwd(
+            x, torch.tensor(qo), x, torch.tensor(qo), mode, EPS,
+            q_rows=qrows.to(device), k_rows=qrows.to(device),
+            q_groups=grp.to(device), k_groups=grp.to(device),
+        )  # fmt: skip
+        want = brute_reduce(x, qrows, qo, x, qrows, qo, mode, grp)
+    torch.testing.assert_close(got.cpu(), want, atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_token_alignment_matches_reference(device, reduce, dtype):
+    x, _ = tokens([150], dtype=dtype, device=device)
+    t, _ = tokens([20], seed=5, dtype=dtype, device=device)
+    rows = torch.randperm(150)[:90].to(device)
+    ro, to = torch.tensor([0, 30, 30, 90]), torch.tensor([0, 5, 12, 12])
+    got = token_alignment_fwd(x, rows, ro, t, to, reduce, EPS)
+    want = ref.token_alignment(x.cpu(), rows.cpu(), ro, t.cpu(), to, reduce, EPS)
+    torch.testing.assert_close(got.cpu(), want, atol=ATOL[dtype], rtol=0)
+    assert bool((got[30:90] == 0).all())  # the last request has no text: 0
+
+
+# --------------------------------------------------------------------------------------------
+# stage 0 and allocation
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_text", [False, True], ids=["no-text", "text"])
+def test_budget_scores_matches_reference(device, dtype, with_text):
+    x, cu = tokens([1, 70, 0, 79, 37, 5, 60], dtype=dtype, device=device)
+    x[75] = 0  # a zero-norm token
+    x[160:197] = x[81:118]  # image 4 repeats part of image 1 (multiplicity > 1)
+    ro = torch.tensor([0, 2, 2, 6, 7])  # request 1 has no image
+    text = to = None
+    if with_text:
+        text, _ = tokens([30], seed=7, dtype=dtype, device=device)
+        to = torch.tensor([0, 7, 7, 30, 30])  # request 3 has images but no text
+    got = budget_scores_fwd(x, cu, ro, text, to, 0.05, 10.0, EPS)
+    want = ref.budget_scores(
+        x.cpu(), cu, ro, None if text is None else text.cpu(), to, 0.05, 10.0, EPS
+    )
+    for name, g, w in zip(("d_intra", "mult", "att", "d_inter"), got, want):
+        # mult = sum exp(-(1-C)/sigma) amplifies C's rounding by 1/sigma = 20
+        torch.testing.assert_close(g.cpu(), w.float(), atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_allocate_budgets_matches_reference(device):
+    rng = random.Random(0)
+    for trial in range(60):
+        R = rng.randint(1, 4)
+        sizes = [rng.randint(0, 7) for _ in range(R)]
+        ro = [0]
+        for s in sizes:
+            ro.append(ro[-1] + s)
+        n = ro[-1]
+        if n == 0:
+            continue
+        g = torch.Generator().manual_seed(trial)
+        w = torch.rand(n, generator=g) * (torch.rand(n, generator=g) > 0.2)
+        if trial % 3 == 0:
+            w = torch.ones(n)  # equal weights: the remainder ties go to the lower index
+        caps = torch.randint(0, 30, (n,), generator=g)
+        q = rng.randint(0, 2)
+        mins = torch.minimum(torch.full((n,), q), caps)
+        totals = []
+        for r in range(R):
+            lo, hi = int(mins[ro[r] : ro[r + 1]].sum()), int(caps[ro[r] : ro[r + 1]].sum())
+            totals.append(rng.randint(lo, hi))
+        ro_t, tot = torch.tensor(ro), torch.tensor(totals)
+        got = allocate_budgets_fwd(w.to(device), caps, mins, ro_t, tot)
+        want = ref.allocate_budgets(w, caps, mins, ro_t, tot)
+        assert torch.equal(got.cpu(), want), (trial, w, caps, mins, ro, totals)
+
+
+# --------------------------------------------------------------------------------------------
+# stage 1 and stage 2 greedy loops
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["maxmin", "maxsum"])
+@pytest.mark.parametrize("block", [None, 32], ids=["registers", "chunked"])
+def test_greedy_select_matches_reference(device, dtype, mode, block):
+    x, cu = tokens(COUNTS, dtype=dtype, device=device)
+    budgets = torch.tensor([1, 20, 0, 79, 50, 9])  # a full image, a budget above m_k
+    got = greedy_select_fwd(x, cu, budgets, mode, EPS, block=block)
+    want = ref.greedy_select(x.cpu(), cu, budgets, mode, EPS)
+    assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block", [None, 32], ids=["registers", "chunked"])
+def test_global_greedy_matches_reference(device, dtype, block):
+    x, _ = tokens([300], dtype=dtype, device=device)
+    pool = torch.randperm(300)[:200].to(device)
+    po = torch.tensor([0, 90, 90, 91, 200, 200])
+    reserved = torch.zeros(200, dtype=torch.bool)
+    reserved[[0, 5, 17, 100, 150]] = True  # request 2 (one token) has none: first pick = 0
+    picks = [40, 0, 1, 109, 0]  # the last non-empty request picks its whole pool
+    got_o, got_g = global_greedy_fwd(x, pool, po, reserved.to(device), picks, EPS, block=block)
+    want_o, want_g = ref.global_greedy(x.cpu(), pool.cpu(), po, reserved, picks, EPS)
+    assert torch.equal(got_o.cpu(), want_o)
+    torch.testing.assert_close(got_g.cpu(), want_g, atol=2e-6, rtol=0)
+
+
+def test_global_greedy_rejects_bad_picks(device):
+    x, _ = tokens([10], device=device)
+    with pytest.raises(ValueError, match="num_picks"):
+        global_greedy_fwd(x, torch.arange(10, device=device), torch.tensor([0, 10]),
+                          torch.zeros(10, dtype=torch.bool, device=device), [11], EPS)  # fmt: skip
+    with pytest.raises(ValueError, match="mode"):
+        greedy_select_fwd(x, torch.tensor([0, 10]), torch.tensor([3]), "minmax", EPS)
+
+
+# --------------------------------------------------------------------------------------------
+# Pareto selection
+# --------------------------------------------------------------------------------------------
+def pareto_case(seed):
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    S = rng.randint(1, 3)
+    sizes = [rng.randint(0, 90) for _ in range(S)]  # > 64 exercises the chunked loops
+    so = [0]
+    for s in sizes:
+        so.append(so[-1] + s)
+    K = so[-1]
+    kind = seed % 4
+    if kind == 0:  # random points
+        f1, f2 = torch.rand(K, generator=g), torch.rand(K, generator=g)
+    elif kind == 1:  # coarse grid: many equal values and identical points
+        f1 = torch.randint(0, 5, (K,), generator=g).float()
+        f2 = torch.randint(0, 5, (K,), generator=g).float()
+    elif kind == 2:  # gains non-increasing along the greedy order, as in the method
+        f1 = torch.sort(torch.rand(K, generator=g), descending=True).values
+        f2 = torch.rand(K, generator=g)
+    else:  # nearly anti-correlated: few, large fronts (the crowding cut does the work)
+        f1 = torch.rand(K, generator=g)
+        f2 = 1 - f1 + 0.01 * torch.randint(0, 3, (K,), generator=g).float()
+    k = [rng.randint(0, s + 1) for s in sizes]
+    return f1, f2, torch.tensor(so), k
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pareto_select_matches_reference(device, seed):
+    f1, f2, so, k = pareto_case(seed)
+    got = pareto_select_fwd(f1.to(device), f2.to(device), so, k).cpu()
+    want = ref.pareto_select(f1, f2, so, k)
+    assert bool((got.view(torch.uint8) <= 1).all())  # every byte written (poison = 255)
+    assert torch.equal(got, want)
+    # invariants: exactly min(k, K_s) per segment; whoever dominates a kept point is kept
+    so_l = so.tolist()
+    for s in range(len(k)):
+        a, e = so_l[s], so_l[s + 1]
+        assert int(got[a:e].sum()) == min(k[s], e - a)
+        kept = torch.nonzero(got[a:e]).flatten() + a
+        for i in kept.tolist():
+            dom = (f1[a:e] >= f1[i]) & (f2[a:e] >= f2[i]) & ((f1[a:e] > f1[i]) | (f2[a:e] > f2[i]))
+            assert bool(got[a:e][dom].all())
+
+
+def test_pareto_rejects_bad_k(device):
+    with pytest.raises(ValueError, match="k has"):
+        pareto_select_fwd(torch.rand(4, device=device), torch.rand(4, device=device),
+                          torch.tensor([0, 4]), [1, 2])  # fmt: skip

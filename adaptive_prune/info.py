@@ -48,6 +48,14 @@ def report() -> str:
     for name in ("cpp", "triton"):
         if name in _backend.UNAVAILABLE:
             lines.append(f"  {name}: unavailable ({_backend.UNAVAILABLE[name]})")
+        elif name == "cpp":
+            from . import _ext
+
+            st = _ext.status()
+            lines.append(
+                f"  cpp: available ({st['path']}, built against torch "
+                f"{st['built_against_torch']}, CPU {st['cpu_capability']})"
+            )
         else:
             lines.append(f"  {name}: available")
     lines.append(f"  ADAPTIVE_PRUNE_BACKEND={_backend.requested()}")

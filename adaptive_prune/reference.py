@@ -133,7 +133,9 @@ def _allocate_one(w: list[float], cap: list[int], mins: list[int], total: int) -
     active = [k for k in range(n) if room[k] > 0 and w[k] > 0]
     left = float(rest)
     while active and left > 0:
-        wsum = sum(w[k] for k in active)
+        wsum = 0.0
+        for k in active:  # sequential on every Python (3.12's sum() is compensated)
+            wsum += w[k]
         over = [k for k in active if left * w[k] / wsum >= room[k]]
         if not over:
             for k in active:

@@ -184,9 +184,7 @@ def prune_batch(
         )
     mask = torch.zeros(N, dtype=torch.bool, device=dev)
     mask[kept] = True
-    img = torch.repeat_interleave(
-        torch.arange(n, device=dev), _dev(counts, dev), output_size=N
-    )
+    img = torch.repeat_interleave(torch.arange(n, device=dev), _dev(counts, dev), output_size=N)
     per_image = torch.zeros(n, dtype=torch.int64, device=dev).index_add_(
         0, img[kept], torch.ones_like(kept)
     )

@@ -29,9 +29,7 @@ import argparse
 import csv
 import datetime as dt
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,8 +37,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "benchmarks")) if p not in sys.path]  # _env
 
+import _env  # noqa: E402
 import transformers  # noqa: E402
 
 import adaptive_prune  # noqa: E402
@@ -254,35 +253,10 @@ def _run(model, inp, reps, sync, ratios, method):
     return out
 
 
-def _git_commit() -> str:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (subprocess.CalledProcessError, OSError):
-        return "none"
-
-
 def _machine(device) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    name = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name} ({os.cpu_count()} cpus)"
+    return f"{_env.cpu_model()} ({os.cpu_count()} cpus)"
 
 
 def main(argv=None) -> None:
@@ -316,7 +290,7 @@ def main(argv=None) -> None:
         torch=torch.__version__,
         transformers=transformers.__version__,
         adaptive_prune=adaptive_prune.__version__,
-        commit=_git_commit(),
+        commit=_env.git_commit(dirty="-dirty", missing="none"),
     )
     rows = []
     for name in args.configs.split(","):

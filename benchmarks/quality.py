@@ -40,10 +40,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as _dt
 import math
-import platform
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -55,8 +52,9 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path[:0] = [p for p in (str(REPO), str(REPO / "benchmarks")) if p not in sys.path]  # _env
+
+import _env  # noqa: E402
 
 import adaptive_prune as ap  # noqa: E402
 from adaptive_prune import _backend  # noqa: E402
@@ -301,45 +299,12 @@ def quality_index(res: dict, ref: dict, split: str, scenario: Optional[str] = No
 # --------------------------------------------------------------------------------------------
 # Conditions, CSV, tables, plots
 # --------------------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
 def conditions(instances: list[Instance]) -> dict:
-    try:
-        import triton
-
-        tv = triton.__version__
-    except ImportError:
-        tv = "none"
     return {
-        "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
-        "machine": platform.node(),
-        "cpu": _cpu_model(),
+        **_env.conditions(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "triton": tv,
+        "triton": _env.triton_version(),
         "backend": _backend.active("greedy_select", "cpu"),
         "dtype": "float32 (stored float16)",
         "dim": int(instances[0].tokens.shape[1]) if instances else 0,

@@ -46,11 +46,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import datetime as _dt
 import math
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,11 +57,13 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path[:0] = [p for p in (str(REPO), str(REPO / "benchmarks")) if p not in sys.path]  # _env
+
+import _env  # noqa: E402
+from _env import op_timers, reference_ops  # noqa: E402
 
 import adaptive_prune as ap  # noqa: E402
-from adaptive_prune import _backend, _ext, adaptive, ops  # noqa: E402
+from adaptive_prune import _backend, _ext  # noqa: E402
 from adaptive_prune import reference as ref  # noqa: E402
 
 FIXTURE = REPO / "adaptive_prune" / "data" / "real_tokens.npz"
@@ -140,17 +139,6 @@ def timed(fn: Callable[[], object], runs: int) -> list[float]:
 
 
 @contextlib.contextmanager
-def reference_ops():
-    """Run the adaptive method with the pure-PyTorch reference of every op."""
-    saved = adaptive.ops
-    adaptive.ops = type("ReferenceOps", (), {n: staticmethod(getattr(ref, n)) for n in ops.ALL_OPS})
-    try:
-        yield
-    finally:
-        adaptive.ops = saved
-
-
-@contextlib.contextmanager
 def proj_dim(value: int):
     saved = _ext.PROJ_DIM
     _ext.PROJ_DIM = value
@@ -158,29 +146,6 @@ def proj_dim(value: int):
         yield
     finally:
         _ext.PROJ_DIM = saved
-
-
-@contextlib.contextmanager
-def op_timers(acc: dict):
-    """Accumulate the wall time of every op the adaptive composition calls."""
-    saved = adaptive.ops
-
-    def wrap(name):
-        fn = getattr(saved, name)
-
-        def run(*a, **k):
-            t0 = time.perf_counter()
-            r = fn(*a, **k)
-            acc[name] = acc.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
-            return r
-
-        return staticmethod(run)
-
-    adaptive.ops = type("TimedOps", (), {n: wrap(n) for n in ops.ALL_OPS})
-    try:
-        yield
-    finally:
-        adaptive.ops = saved
 
 
 def floors(x: torch.Tensor, counts: list[int], pool: int, picks: int, runs: int) -> dict:
@@ -205,44 +170,11 @@ def floors(x: torch.Tensor, counts: list[int], pool: int, picks: int, runs: int)
 # --------------------------------------------------------------------------------------------
 # conditions, output
 # --------------------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-        return (head or "unknown") + ("+dirty" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
 def conditions() -> dict:
-    try:
-        import triton
-
-        tv = triton.__version__
-    except ImportError:
-        tv = "none"
     return {
-        "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
-        "machine": platform.node(),
-        "cpu": _cpu_model(),
+        **_env.conditions(),
         "torch": torch.__version__,
-        "triton": tv,
+        "triton": _env.triton_version(),
         "ext": "built" if _ext.HAS_EXT else f"missing ({_ext.REASON})",
     }
 

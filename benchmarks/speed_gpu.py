@@ -35,13 +35,9 @@ commit, shapes, dtype) and, last, a short summary with the speed targets of issu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import datetime as _dt
 import math
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,8 +46,10 @@ from typing import Callable, Optional
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path[:0] = [p for p in (str(REPO), str(REPO / "benchmarks")) if p not in sys.path]  # _env
+
+import _env  # noqa: E402
+from _env import op_timers, reference_ops  # noqa: E402
 
 KEEP = 0.25
 DIM = 3584
@@ -91,7 +89,6 @@ def synthetic(images: int, tokens: int, dim: int, seed: int = 0):
 
 def real_16x576(dim: int):
     """The speed_cpu.py inputs (real tokens, lifted), with 64 text rows."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
     import speed_cpu  # noqa: PLC0415  (same inputs as the CPU benchmark)
 
     x_np, _, query = speed_cpu.real_576()
@@ -165,79 +162,15 @@ def once(fn: Callable[[], object]) -> list[float]:
     return [t.ms]
 
 
-@contextlib.contextmanager
-def reference_ops():
-    from adaptive_prune import adaptive, ops
-    from adaptive_prune import reference as ref
-
-    saved = adaptive.ops
-    adaptive.ops = type("ReferenceOps", (), {n: staticmethod(getattr(ref, n)) for n in ops.ALL_OPS})
-    try:
-        yield
-    finally:
-        adaptive.ops = saved
-
-
-@contextlib.contextmanager
-def op_timers(acc: dict):
-    """CUDA-event time of every op the adaptive composition calls (synchronising per op)."""
-    from adaptive_prune import adaptive, ops
-
-    saved = adaptive.ops
-
-    def wrap(name):
-        fn = getattr(saved, name)
-
-        def run(*a, **k):
-            with _Timer() as t:
-                r = fn(*a, **k)
-            acc[name] = acc.get(name, 0.0) + t.ms
-            return r
-
-        return staticmethod(run)
-
-    adaptive.ops = type("TimedOps", (), {n: wrap(n) for n in ops.ALL_OPS})
-    try:
-        yield
-    finally:
-        adaptive.ops = saved
-
-
 # --------------------------------------------------------------------------------------------
 # conditions, output
 # --------------------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                             capture_output=True, text=True, timeout=10)  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10)  # fmt: skip
-        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") or "unknown"
-    except Exception:
-        return "unknown"
-
-
 def conditions() -> dict:
-    import triton
-
     return {
-        "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
-        "machine": platform.node(),
+        **_env.conditions(),
         "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "none (CPU dry run)",
-        "cpu": _cpu_model(),
         "torch": torch.__version__,
-        "triton": triton.__version__,
+        "triton": _env.triton_version(),
         "cuda": torch.version.cuda,
     }
 
@@ -346,10 +279,10 @@ def run_scenario(name: str, runs: int, with_reference: bool) -> tuple[list[dict]
 
     # where the time goes (instrumented: one sync per op)
     per_op: dict = {}
-    with op_timers(per_op):
+    with op_timers(per_op, _Timer):
         ap.prune(x, cu, text, keep_ratio=KEEP)
     per_op.clear()
-    with op_timers(per_op):
+    with op_timers(per_op, _Timer):
         ap.prune(x, cu, text, keep_ratio=KEEP)
 
     def med(name):

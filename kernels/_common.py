@@ -43,6 +43,32 @@ INTERPRET: bool = _interpreting()
 # the running distances live in a global scratch and are processed in chunks of this size.
 MAX_REG_BLOCK = 8192
 
+
+# Window of the exact max-min engine (``_maxmin.py``): the greedy loops take up to this many
+# picks per round from an on-chip ``L x L`` sub-block. 0 runs the one-pick-per-step loops
+# instead (same outputs; kept as the baseline of ``benchmarks/speed_gpu.py``). Power of two.
+def _window_from_env() -> int:
+    raw = os.environ.get("ADAPTIVE_PRUNE_GREEDY_WINDOW", "64").strip()
+    try:
+        w = int(raw)
+    except ValueError:
+        raise ValueError(
+            f"ADAPTIVE_PRUNE_GREEDY_WINDOW must be 0 or a power of two in [16, 128], got {raw!r}"
+        ) from None
+    check_window(w)
+    return w
+
+
+def check_window(w: int) -> int:
+    # above 128 the L x L sub-block spills registers on sm_90 (kernels/_compile_check.py)
+    if w != 0 and (w < 16 or w > 128 or w & (w - 1)):
+        raise ValueError(f"greedy window must be 0 or a power of two in [16, 128], got {w}")
+    return w
+
+
+GREEDY_WINDOW: int = _window_from_env()
+
+
 # Launch configurations (data, not autotuning): (GPU value, interpreter value) and why. The GPU
 # values were chosen with ``python -m adaptive_prune.kernels._compile_check`` (ptxas for sm_90,
 # no GPU needed): the largest tiles that compile without register spills. The interpreter runs
@@ -58,6 +84,9 @@ CONFIGS = {
     "sim_block_f32": (64, 64),
     "sim_k_f32": (16, 64),
     "sim_stages_f32": (2, 1),
+    # Chunk of the windowed max-min engine's passes over its running distances (per-lane
+    # partials, one block reduction per pass); with 8 warps, no spills for sm_90.
+    "window_chunk": (2048, 8192),
     # Row tiles of the one-pass budget kernel: 64 rows x 64 columns per load, 8 warps.
     "rows_tile": (64, 64),
     "budget_cols": (64, 128),

@@ -135,6 +135,26 @@ def variants():
             {"SINGLE": single, "BLOCK": block},
             {"num_warps": 16},
         ))  # fmt: skip
+    for block, window in ((512, 64), (2048, 64), (2048, 128)):
+        warps = 4 if block <= 512 else 8 if block <= 2048 else 16
+        out.append((
+            f"greedy_select_window[BLOCK={block},L={window}]",
+            greedy_select._greedy_select_window_kernel,
+            {"s_ptr": "*fp32", "base_ptr": "*i64", "cu_ptr": "*i64", "bud_ptr": "*i64",
+             "rank_ptr": "*i64", "acc_ptr": "*fp32", "win_ptr": "*i64", "wv_ptr": "*fp32",
+             "stats_ptr": "*i64"},
+            {"BLOCK": block, "BJ": max(1, min(64, 8192 // block)), "L": window, "STATS": False},
+            {"num_warps": warps},
+        ))  # fmt: skip
+        out.append((
+            f"global_greedy_window[BLOCK={block},L={window}]",
+            global_greedy._global_greedy_window_kernel,
+            {"s_ptr": "*fp32", "base_ptr": "*i64", "off_ptr": "*i64", "res_ptr": "*u8",
+             "picks_ptr": "*i64", "ooff_ptr": "*i64", "order_ptr": "*i64", "gain_ptr": "*fp32",
+             "acc_ptr": "*fp32", "win_ptr": "*i64", "wv_ptr": "*fp32", "stats_ptr": "*i64"},
+            {"BLOCK": block, "L": window, "STATS": False},
+            {"num_warps": warps},
+        ))  # fmt: skip
     out.append((
         "pareto_rank",
         pareto_select._pareto_rank_kernel,

@@ -28,8 +28,11 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _common
 from ._common import (
     MAX_REG_BLOCK,
+    cfg,
+    check_window,
     empty,
     greedy_warps,
     host_ints,
@@ -38,6 +41,7 @@ from ._common import (
     set_device,
     sizes_of,
 )
+from ._maxmin import maxmin_rounds
 from .token_similarity import similarity_blocks
 
 
@@ -137,6 +141,78 @@ def _global_greedy_kernel(
             tl.debug_barrier()
 
 
+@triton.jit
+def _global_greedy_window_kernel(
+    s_ptr,  # [sum K_r^2] fp32 pool similarity blocks
+    base_ptr,  # [R] int64
+    off_ptr,  # [R+1] int64 pool offsets
+    res_ptr,  # [K] uint8 reserved mask
+    picks_ptr,  # [R] int64 P_r
+    ooff_ptr,  # [R+1] int64 output offsets
+    order_ptr,  # [sum P] int64 out
+    gain_ptr,  # [sum P] fp32 out
+    acc_ptr,  # [K] fp32 scratch: running distances
+    win_ptr,  # [R * L] int64 scratch
+    wv_ptr,  # [R * L] fp32 scratch
+    stats_ptr,  # [R, 2] int64 rounds and passes (STATS only)
+    BLOCK: tl.constexpr,
+    L: tl.constexpr,
+    STATS: tl.constexpr,
+):
+    """The same outputs as ``_global_greedy_kernel``, greedy steps by the windowed engine."""
+    i_r = tl.program_id(0).to(tl.int64)
+    a = tl.load(off_ptr + i_r)
+    K = tl.load(off_ptr + i_r + 1) - a
+    P = tl.load(picks_ptr + i_r)
+    o0 = tl.load(ooff_ptr + i_r)
+    base = tl.load(base_ptr + i_r)
+    o = tl.arange(0, BLOCK)
+
+    # reserved positions first, in pool order, gain +inf
+    n_res = tl.zeros((), dtype=tl.int64)
+    for c0 in range(0, K, BLOCK):
+        oc = c0 + o
+        rv = tl.load(res_ptr + a + oc, mask=oc < K, other=0).to(tl.int64)
+        pos = n_res + tl.cumsum(rv, axis=0) - rv
+        w = (rv > 0) & (pos < P)
+        tl.store(order_ptr + o0 + pos, a + oc, mask=w)
+        tl.store(gain_ptr + o0 + pos, tl.full((BLOCK,), float("inf"), tl.float32), mask=w)
+        n_res += tl.sum(rv, axis=0)
+    steps = tl.minimum(P, K) - n_res
+    tl.debug_barrier()
+    if steps > 0:
+        # running distances from the reserved rows (+inf without any), reserved ones out
+        for c0 in range(0, K, BLOCK):
+            oc = c0 + o
+            vc = oc < K
+            acc = tl.where(vc, float("inf"), float("-inf"))
+            for t in range(0, n_res):
+                jr = tl.load(order_ptr + o0 + t) - a
+                row = tl.load(s_ptr + base + jr * K + oc, mask=vc, other=0.0)
+                acc = tl.minimum(acc, 1.0 - row)
+            rv = tl.load(res_ptr + a + oc, mask=vc, other=0)
+            acc = tl.where(rv != 0, float("-inf"), acc)
+            tl.store(acc_ptr + a + oc, acc, mask=vc)
+        tl.debug_barrier()
+        maxmin_rounds(
+            s_ptr,
+            base,
+            K,
+            acc_ptr + a,
+            win_ptr + i_r * L,
+            wv_ptr + i_r * L,
+            order_ptr + o0 + n_res,
+            gain_ptr + o0 + n_res,
+            a,
+            steps,
+            stats_ptr + i_r * 2,
+            RANK=False,
+            STATS=STATS,
+            BLOCK=BLOCK,
+            L=L,
+        )
+
+
 def global_greedy_fwd(
     vision: torch.Tensor,
     pool: torch.Tensor,
@@ -146,10 +222,16 @@ def global_greedy_fwd(
     eps: float,
     *,
     block: Optional[int] = None,
+    window: Optional[int] = None,
+    stats: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``adaptive_prune::global_greedy`` on the device: ``(order [sum P] int64, gains fp32)``.
 
     ``pool_offsets`` may be on the CPU (no host sync) or on the device (one sync to read it).
+    ``block`` forces the lane count per program; ``window``: picks per round of the max-min
+    engine (default ``_common.GREEDY_WINDOW``; 0 = one pick per step). Same outputs either way.
+    ``stats``: an ``[R, 2]`` int64 device tensor that receives every request's rounds and passes
+    over its distances (windowed engine only; benchmarks).
     """
     dev = vision.device
     po = host_ints(pool_offsets)
@@ -174,10 +256,39 @@ def global_greedy_fwd(
     off_d, picks_d, ooff_d = pack([po, picks, ooff], dev)
     res = reserved.to(device=dev, dtype=torch.bool).contiguous().view(torch.uint8)
     max_k = max(sizes)
+    window = check_window(_common.GREEDY_WINDOW if window is None else int(window))
+    if window and block is None:  # the engine's passes run over chunks of the scratch
+        block = min(next_pow2(max_k), cfg("window_chunk"))
     if block is None:
         block = next_pow2(max_k) if max_k <= MAX_REG_BLOCK else 4096
     block = max(16, int(block))
     single = max_k <= block
+    if window:
+        acc = empty((max(po[-1], 1),), torch.float32, dev)
+        win = empty((R * window,), torch.int64, dev)
+        wv = empty((R * window,), torch.float32, dev)
+        if stats is not None:  # [R, 2] int64: rounds and passes over acc of every program
+            stats.zero_()
+        with set_device(dev):
+            _global_greedy_window_kernel[(R,)](
+                S,
+                base_d,
+                off_d,
+                res,
+                picks_d,
+                ooff_d,
+                order,
+                gains,
+                acc,
+                win,
+                wv,
+                stats if stats is not None else win,
+                BLOCK=block,
+                L=window,
+                STATS=stats is not None,
+                num_warps=greedy_warps(block),
+            )
+        return order, gains
     acc = empty((po[-1] if not single else 1,), torch.float32, dev)
     with set_device(dev):
         _global_greedy_kernel[(R,)](

@@ -26,8 +26,11 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _common
 from ._common import (
     MAX_REG_BLOCK,
+    cfg,
+    check_window,
     empty,
     greedy_warps,
     host_ints,
@@ -36,6 +39,7 @@ from ._common import (
     sizes_of,
     upload,
 )
+from ._maxmin import maxmin_rounds
 from .token_similarity import similarity_blocks
 
 
@@ -134,6 +138,68 @@ def _greedy_select_kernel(
             tl.debug_barrier()
 
 
+@triton.jit
+def _greedy_select_window_kernel(
+    s_ptr,  # [sum m^2] fp32 similarity blocks
+    base_ptr,  # [n] int64 block starts
+    cu_ptr,  # [n+1] int64 image offsets
+    bud_ptr,  # [n] int64 budgets
+    rank_ptr,  # [N] int64 out
+    acc_ptr,  # [N] fp32 scratch: running distances
+    win_ptr,  # [n * L] int64 scratch
+    wv_ptr,  # [n * L] fp32 scratch
+    stats_ptr,  # [n, 2] int64 rounds and passes (STATS only)
+    BLOCK: tl.constexpr,
+    BJ: tl.constexpr,
+    L: tl.constexpr,
+    STATS: tl.constexpr,
+):
+    """Max-min mode with the windowed engine (``_maxmin.maxmin_rounds``): same ranks."""
+    i_g = tl.program_id(0).to(tl.int64)
+    a = tl.load(cu_ptr + i_g)
+    m = tl.load(cu_ptr + i_g + 1) - a
+    b = tl.minimum(tl.load(bud_ptr + i_g), m)
+    base = tl.load(base_ptr + i_g)
+    o = tl.arange(0, BLOCK)
+    best_v = tl.full((), float("-inf"), tl.float32)
+    best_i = tl.zeros((), dtype=tl.int64)
+    for c0 in range(0, m, BLOCK):
+        oc = c0 + o
+        tl.store(rank_ptr + a + oc, tl.full((BLOCK,), -1, dtype=tl.int64), mask=oc < m)
+        v, i = tl.max(_block_row_sums(s_ptr, base, m, c0, BLOCK, BJ), axis=0, return_indices=True)
+        upd = v > best_v
+        best_i = tl.where(upd, c0 + i, best_i)
+        best_v = tl.where(upd, v, best_v)
+    j = best_i
+    if b > 0:
+        tl.debug_barrier()
+        tl.store(rank_ptr + a + j, tl.zeros((), dtype=tl.int64))
+        for c0 in range(0, m, BLOCK):
+            oc = c0 + o
+            vc = oc < m
+            row = tl.load(s_ptr + base + j * m + oc, mask=vc, other=0.0)
+            acc = tl.where(oc == j, float("-inf"), 1.0 - row)
+            tl.store(acc_ptr + a + oc, acc, mask=vc)
+        tl.debug_barrier()
+        maxmin_rounds(
+            s_ptr,
+            base,
+            m,
+            acc_ptr + a,
+            win_ptr + i_g * L,
+            wv_ptr + i_g * L,
+            rank_ptr + a,
+            wv_ptr,
+            1,
+            b - 1,
+            stats_ptr + i_g * 2,
+            RANK=True,
+            STATS=STATS,
+            BLOCK=BLOCK,
+            L=L,
+        )
+
+
 def greedy_select_fwd(
     vision: torch.Tensor,
     cu_seqlens: torch.Tensor,
@@ -142,11 +208,17 @@ def greedy_select_fwd(
     eps: float,
     *,
     block: Optional[int] = None,
+    window: Optional[int] = None,
+    stats: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``adaptive_prune::greedy_select`` on the device. Returns ``rank [N]`` int64.
 
     ``cu_seqlens`` may be on the CPU (no host sync) or on the device (one sync to read it).
     ``block`` forces the lane count per program (tests use a small one to run the chunked path).
+    ``window``: picks per round of the max-min engine (default ``_common.GREEDY_WINDOW``; 0 = one
+    pick per step). Max-sum always runs one pick per step. ``stats``: an ``[n, 2]`` int64 device
+    tensor that receives every image's rounds and passes over its distances (windowed engine
+    only; benchmarks).
     """
     if mode not in ("maxmin", "maxsum"):
         raise ValueError(f"mode must be 'maxmin' or 'maxsum', got {mode!r}")
@@ -161,10 +233,37 @@ def greedy_select_fwd(
     cu_d = upload(cu, dev)
     bud = upload(budgets, dev)
     max_m = max(sizes_of(cu))
+    window = check_window(_common.GREEDY_WINDOW if window is None else int(window))
+    if window and mode == "maxmin" and block is None:  # engine passes: chunks of the scratch
+        block = min(next_pow2(max_m), cfg("window_chunk"))
     if block is None:
         block = next_pow2(max_m) if max_m <= MAX_REG_BLOCK else 4096
     block = max(16, int(block))
     single = max_m <= block
+    if window and mode == "maxmin":
+        acc = empty((N,), torch.float32, dev)
+        win = empty((n * window,), torch.int64, dev)
+        wv = empty((n * window,), torch.float32, dev)
+        if stats is not None:  # [n, 2] int64: rounds and passes over acc of every program
+            stats.zero_()
+        with set_device(dev):
+            _greedy_select_window_kernel[(n,)](
+                S if S.numel() else acc,
+                base_d,
+                cu_d,
+                bud,
+                rank,
+                acc,
+                win,
+                wv,
+                stats if stats is not None else win,
+                BLOCK=block,
+                BJ=max(1, min(64, 8192 // block)),
+                L=window,
+                STATS=stats is not None,
+                num_warps=greedy_warps(block),
+            )
+        return rank
     acc = empty((N if not single else 1,), torch.float32, dev)
     with set_device(dev):
         _greedy_select_kernel[(n,)](

@@ -5,6 +5,8 @@
 - the large shape of the speed target (16 x 576 tokens, D = 3584, bf16): stage by stage
   against the reference, exact where the decisions are well separated, and as "equally valid"
   greedy orders (every pick within 1e-5 of the best score at its step) in general;
+- the windowed greedy engine against the one-pick-per-step loops at the full default pool
+  (same picks and gains, bit for bit);
 - ``torch.library.opcheck`` of every op on CUDA tensors (device and CPU offsets);
 - ``torch.compile`` of ``prune`` (Dynamo) and of an op (``fullgraph=True``, inductor);
 - host synchronisations: exactly one in the adaptive composition, counted with
@@ -152,6 +154,42 @@ def test_large_shape_stages_against_reference():
         a, ref.token_alignment(x, rows, torch.tensor([0, 1000]), text, to, "mean", EPS),
         atol=1e-5, rtol=0,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("window", [32, 64, 128])
+def test_windowed_greedy_equals_step_loop_at_full_size(window):
+    """The windowed engine (kernels/_maxmin.py) against the one-pick-per-step loops at the
+    default pool of the speed target (every token of 16 x 576 x 3584 bf16 in the pool, the
+    whole greedy order): the same picks and gains, bit for bit, and the same prune()."""
+    from adaptive_prune.kernels import _common
+    from adaptive_prune.kernels.global_greedy import global_greedy_fwd
+    from adaptive_prune.kernels.greedy_select import greedy_select_fwd
+
+    import adaptive_prune
+
+    x, cu = tokens([576] * 16, dim=3584, dtype=torch.bfloat16, seed=3)
+    budgets = torch.full((16,), 576)
+    want = greedy_select_fwd(x, cu, budgets, "maxmin", EPS, window=0)
+    assert torch.equal(greedy_select_fwd(x, cu, budgets, "maxmin", EPS, window=window), want)
+    pool = torch.randperm(9216, device="cuda")
+    po = torch.tensor([0, 4000, 9216])  # two requests of different sizes
+    reserved = torch.zeros(9216, dtype=torch.bool, device="cuda")
+    reserved[::576] = True
+    picks = [4000, 5000]
+    o0, g0 = global_greedy_fwd(x, pool, po, reserved, picks, EPS, window=0)
+    o1, g1 = global_greedy_fwd(x, pool, po, reserved, picks, EPS, window=window)
+    assert torch.equal(o1, o0) and torch.equal(g1, g0)
+
+    text = tokens([64], dim=3584, seed=6, dtype=torch.bfloat16)[0]
+    saved = _common.GREEDY_WINDOW
+    try:
+        _common.GREEDY_WINDOW = 0
+        step = adaptive_prune.prune(x, cu, text, keep_ratio=0.25)
+        _common.GREEDY_WINDOW = window
+        win = adaptive_prune.prune(x, cu, text, keep_ratio=0.25)
+    finally:
+        _common.GREEDY_WINDOW = saved
+    assert torch.equal(win.indices, step.indices)
 
 
 def test_large_shape_prune_invariants():

@@ -198,30 +198,89 @@ def test_allocate_budgets_matches_reference(device):
 # --------------------------------------------------------------------------------------------
 # stage 1 and stage 2 greedy loops
 # --------------------------------------------------------------------------------------------
+# greedy loop variants: one pick per step, and the windowed engine (kernels/_maxmin.py) with a
+# small and the default window
+WINDOWS = [pytest.param(0, id="step"), pytest.param(16, id="win16"), pytest.param(64, id="win64")]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mode", ["maxmin", "maxsum"])
 @pytest.mark.parametrize("block", [None, 32], ids=["registers", "chunked"])
-def test_greedy_select_matches_reference(device, dtype, mode, block):
+@pytest.mark.parametrize(
+    "mode, window",
+    [("maxmin", w.values[0]) for w in WINDOWS] + [("maxsum", 0)],  # max-sum: one pick per step
+    ids=[f"maxmin-{w.id}" for w in WINDOWS] + ["maxsum-step"],
+)
+def test_greedy_select_matches_reference(device, dtype, mode, block, window):
     x, cu = tokens(COUNTS, dtype=dtype, device=device)
     budgets = torch.tensor([1, 20, 0, 79, 50, 9])  # a full image, a budget above m_k
-    got = greedy_select_fwd(x, cu, budgets, mode, EPS, block=block)
+    got = greedy_select_fwd(x, cu, budgets, mode, EPS, block=block, window=window)
     want = ref.greedy_select(x.cpu(), cu, budgets, mode, EPS)
     assert torch.equal(got.cpu(), want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("block", [None, 32], ids=["registers", "chunked"])
-def test_global_greedy_matches_reference(device, dtype, block):
+@pytest.mark.parametrize("window", WINDOWS)
+def test_global_greedy_matches_reference(device, dtype, block, window):
     x, _ = tokens([300], dtype=dtype, device=device)
     pool = torch.randperm(300)[:200].to(device)
     po = torch.tensor([0, 90, 90, 91, 200, 200])
     reserved = torch.zeros(200, dtype=torch.bool)
     reserved[[0, 5, 17, 100, 150]] = True  # request 2 (one token) has none: first pick = 0
     picks = [40, 0, 1, 109, 0]  # the last non-empty request picks its whole pool
-    got_o, got_g = global_greedy_fwd(x, pool, po, reserved.to(device), picks, EPS, block=block)
+    got_o, got_g = global_greedy_fwd(
+        x, pool, po, reserved.to(device), picks, EPS, block=block, window=window
+    )
     want_o, want_g = ref.global_greedy(x.cpu(), pool.cpu(), po, reserved, picks, EPS)
     assert torch.equal(got_o.cpu(), want_o)
     torch.testing.assert_close(got_g.cpu(), want_g, atol=2e-6, rtol=0)
+
+
+def tie_tokens(seed, n=230, dim=8):
+    """Rows drawn from 25 directions, some scaled: exact and near ties everywhere."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(25, dim, generator=g)[torch.randint(0, 25, (n,), generator=g)]
+    return x * torch.randint(1, 4, (n, 1), generator=g).float(), g
+
+
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("block", [None, 64], ids=["one-chunk", "chunked"])
+def test_windowed_greedy_equals_step_loop_on_ties(device, seed, block):
+    """The windowed engine makes the step loop's picks and gains bit for bit, ties included
+    (both read the same similarity block): picks beyond a window's bound are never taken."""
+    x, g = tie_tokens(seed)
+    x = x.to(device)
+    cu = torch.tensor([0, 90, 91, 91, 230])
+    budgets = torch.tensor([90, 1, 0, 100 + seed])
+    step = greedy_select_fwd(x, cu, budgets, "maxmin", EPS, block=block, window=0)
+    pool = torch.randperm(230, generator=g)[:180].to(device)
+    po = torch.tensor([0, 100, 180])
+    reserved = torch.zeros(180, dtype=torch.bool)
+    if seed % 2:
+        reserved[[3, 7, 130]] = True  # else no reserved token: every distance starts at +inf
+    picks = [100, 75 - seed]
+    reserved = reserved.to(device)
+    s_o, s_g = global_greedy_fwd(x, pool, po, reserved, picks, EPS, block=block, window=0)
+    for window in (16, 64):
+        got = greedy_select_fwd(x, cu, budgets, "maxmin", EPS, block=block, window=window)
+        assert torch.equal(got, step), window
+        o, gains = global_greedy_fwd(x, pool, po, reserved, picks, EPS, block=block, window=window)
+        assert torch.equal(o, s_o), window
+        assert torch.equal(gains, s_g), window
+
+
+def test_greedy_window_is_checked(monkeypatch):
+    monkeypatch.setenv("ADAPTIVE_PRUNE_GREEDY_WINDOW", "32")
+    assert _common._window_from_env() == 32
+    for bad in ("64.5", "100", "-16"):
+        monkeypatch.setenv("ADAPTIVE_PRUNE_GREEDY_WINDOW", bad)
+        with pytest.raises(ValueError, match="ADAPTIVE_PRUNE_GREEDY_WINDOW|power of two"):
+            _common._window_from_env()
+    with pytest.raises(ValueError, match="power of two"):
+        _common.check_window(48)
+    with pytest.raises(ValueError, match="power of two"):
+        _common.check_window(256)
+    assert _common.check_window(0) == 0 and _common.check_window(128) == 128
 
 
 def test_global_greedy_rejects_bad_picks(device):

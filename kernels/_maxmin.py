@@ -37,9 +37,9 @@ import triton.language as tl
 
 @triton.jit
 def _key(v):
-    """fp32 -> int32 with the same order (-inf < ... < -0 <= +0 < ... < +inf)."""
+    """fp32 -> int32 with the same order and the same ties (-0.0 and +0.0 both map to 0)."""
     b = v.to(tl.int32, bitcast=True)
-    return tl.where(b >= 0, b, b ^ 0x7FFFFFFF)
+    return tl.where(b >= 0, b, (b ^ 0x7FFFFFFF) + 1)
 
 
 # The passes below keep per-lane partial results across chunks and reduce across the block

@@ -30,8 +30,9 @@ def check_tokens(name: str, x: Any, *, width: int | None = None, device=None) ->
         )
     if device is not None and x.device != device:
         raise ValueError(f"{name} is on {x.device} but vision is on {device}: move it there")
-    # min/max propagate NaN and expose +-Inf: two scalars instead of an [N, D] bool pass
-    if x.numel() and not all(bool(torch.isfinite(v)) for v in torch.aminmax(x)):
+    # min/max propagate NaN and expose +-Inf: two scalars instead of an [N, D] bool pass, read
+    # with one host synchronisation on a GPU
+    if x.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(x))).all()):
         bad = int((~torch.isfinite(x)).any(dim=1).nonzero()[0])
         raise ValueError(f"{name} contains NaN or Inf values (first bad row: {bad})")
     return x

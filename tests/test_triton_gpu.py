@@ -291,4 +291,5 @@ def test_host_syncs_of_the_composition(with_text, capsys):
     with capsys.disabled():
         print(f"\n[host syncs] run_adaptive: {n_core}, prune (with input checks): {n_prune}")
     assert n_core == 1
-    assert n_prune <= n_core + 10  # input validation and result checks of functional.py
+    # functional.py adds one read per finiteness check (vision, text) and one result check
+    assert n_prune <= n_core + (3 if with_text else 2)

@@ -16,15 +16,16 @@ Scenarios (bf16, keep 25 %, 64 text tokens, D = 3584):
   directions plus noise, every fourth image a noisy copy of the previous one (near-duplicates).
 
 Rows, timed in the same process on the same GPU: ``adaptive (triton)`` (the default on CUDA)
-with and without text, ``adaptive (reference)`` (the pure-PyTorch reference ops in the same
-composition; one run, 16x576 only, without text, and with text while the candidates number at
-most 4000: its Python Pareto step is O(P^2)), every registered baseline among ``divprune``,
-``divprune_pooled``, ``cdpruner``, ``dart``, ``uniform`` (same inputs; text where the method
-uses it; only ``divprune`` and ``cdpruner`` at 64x1024), and the floors: the memory floor (one
-read of ``vision``: a column max), the stage-1 matmul floor (the per-image ``m x m``
-similarity GEMMs, one batched bf16 GEMM) and the stage-2 one (``B1 x B1 x D``).
-Also: where the time of ``adaptive (triton)`` goes, per op (each op timed with CUDA events
-in a separate instrumented run).
+with and without text, the same with the greedy loops run one pick per step and with a window
+of 128 (``kernels/_maxmin.py``; the default window is 64), ``adaptive (reference)`` (the
+pure-PyTorch reference ops in the same composition; one run, 16x576 only, without text, and
+with text while the candidates number at most 4000: its Python Pareto step is O(P^2)), every
+registered baseline among ``divprune``, ``divprune_pooled``, ``cdpruner``, ``dart``,
+``uniform`` (same inputs; text where the method uses it; only ``divprune`` and ``cdpruner`` at
+64x1024), and the floors: the memory floor (one read of ``vision``: a column max), the stage-1
+matmul floor (the per-image ``m x m`` similarity GEMMs, one batched bf16 GEMM) and the stage-2
+one (``B1 x B1 x D``). Also: where the time of ``adaptive (triton)`` goes, per op (each op
+timed with CUDA events in a separate instrumented run).
 
 Timing: CUDA events around each call, median of several runs after two warm-ups (a row gets
 fewer runs when it is slow). Outputs: a markdown table per scenario, CSV rows appended to
@@ -219,6 +220,22 @@ def run_scenario(name: str, runs: int, with_reference: bool) -> tuple[list[dict]
         source)  # fmt: skip
     add("adaptive (triton), no text", "method",
         timed(lambda: ap.prune(x, cu, keep_ratio=KEEP), runs), source)  # fmt: skip
+    # the greedy loops' variants (kernels/_maxmin.py): same outputs, other speed
+    from adaptive_prune.kernels import _common as kc  # noqa: PLC0415
+
+    default_window = kc.GREEDY_WINDOW
+    for w in (0, 128):
+        if w == default_window:
+            continue
+        kc.GREEDY_WINDOW = w
+        try:
+            label = "one pick per step" if w == 0 else f"window {w}"
+            same = bool(torch.equal(ap.prune(x, cu, text, keep_ratio=KEEP).indices, res.indices))
+            add(f"adaptive (triton), greedy {label}", "method",
+                timed(lambda: ap.prune(x, cu, text, keep_ratio=KEEP), runs),
+                f"same indices as the default window {default_window}: {same}")  # fmt: skip
+        finally:
+            kc.GREEDY_WINDOW = default_window
     if with_reference:
         # no text: stages 0-2 without the Pareto step (the triton row of the same name is
         # the comparison); with text only while the reference's Python Pareto step, O(P^2)
@@ -316,8 +333,8 @@ def summary(all_rows: list[dict], gpu: str) -> str:
     lines = [f"### speed targets ({gpu}, bf16, D = {DIM}, keep {KEEP:.0%}, "
              f"{TEXT_ROWS} text tokens)", "",
              "| scenario | prune ms | < 0.5 ms | x ref (>= 20) | x ref, no text | "
-             "vs divprune | vs cdpruner |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "vs divprune | vs cdpruner | greedy one pick per step: ms |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name in dict.fromkeys(r["scenario"] for r in all_rows):
         rs = {r["row"]: r for r in all_rows if r["scenario"] == name}
         t = rs.get("adaptive (triton)", {}).get("ms_median")
@@ -335,7 +352,8 @@ def summary(all_rows: list[dict], gpu: str) -> str:
             f"| {name} | {fmt(t)} | {'yes' if t is not None and t < 0.5 else 'no'} | "
             f"{fmt(ref / t) if ref and t else '-'} | "
             f"{fmt(ref_nt / t_nt) if ref_nt and t_nt else '-'} | "
-            f"{vs('divprune')} | {vs('cdpruner')} |"
+            f"{vs('divprune')} | {vs('cdpruner')} | "
+            f"{fmt(rs.get('adaptive (triton), greedy one pick per step', {}).get('ms_median'))} |"
         )
     return "\n".join(lines)
 

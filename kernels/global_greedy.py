@@ -46,6 +46,23 @@ from .token_similarity import similarity_blocks
 
 
 @triton.jit
+def _reserved_first(res_ptr, a, K, P, order_ptr, gain_ptr, BLOCK: tl.constexpr):
+    """Write the request's reserved positions (pool order, gain +inf) at the start of its
+    output (at most ``P``); return how many there are."""
+    o = tl.arange(0, BLOCK)
+    n_res = tl.zeros((), dtype=tl.int64)
+    for c0 in range(0, K, BLOCK):
+        oc = c0 + o
+        rv = tl.load(res_ptr + a + oc, mask=oc < K, other=0).to(tl.int64)
+        pos = n_res + tl.cumsum(rv, axis=0) - rv
+        w = (rv > 0) & (pos < P)
+        tl.store(order_ptr + pos, a + oc, mask=w)
+        tl.store(gain_ptr + pos, tl.full((BLOCK,), float("inf"), tl.float32), mask=w)
+        n_res += tl.sum(rv, axis=0)
+    return n_res
+
+
+@triton.jit
 def _global_greedy_kernel(
     s_ptr,  # [sum K_r^2] fp32 pool similarity blocks
     base_ptr,  # [R] int64
@@ -67,16 +84,7 @@ def _global_greedy_kernel(
     base = tl.load(base_ptr + i_r)
     o = tl.arange(0, BLOCK)
 
-    # reserved positions first, in pool order, gain +inf
-    n_res = tl.zeros((), dtype=tl.int64)
-    for c0 in range(0, K, BLOCK):
-        oc = c0 + o
-        rv = tl.load(res_ptr + a + oc, mask=oc < K, other=0).to(tl.int64)
-        pos = n_res + tl.cumsum(rv, axis=0) - rv
-        w = (rv > 0) & (pos < P)
-        tl.store(order_ptr + o0 + pos, a + oc, mask=w)
-        tl.store(gain_ptr + o0 + pos, tl.full((BLOCK,), float("inf"), tl.float32), mask=w)
-        n_res += tl.sum(rv, axis=0)
+    n_res = _reserved_first(res_ptr, a, K, P, order_ptr + o0, gain_ptr + o0, BLOCK)
     steps = tl.minimum(P, K) - n_res
     tl.debug_barrier()
 
@@ -168,16 +176,7 @@ def _global_greedy_window_kernel(
     base = tl.load(base_ptr + i_r)
     o = tl.arange(0, BLOCK)
 
-    # reserved positions first, in pool order, gain +inf
-    n_res = tl.zeros((), dtype=tl.int64)
-    for c0 in range(0, K, BLOCK):
-        oc = c0 + o
-        rv = tl.load(res_ptr + a + oc, mask=oc < K, other=0).to(tl.int64)
-        pos = n_res + tl.cumsum(rv, axis=0) - rv
-        w = (rv > 0) & (pos < P)
-        tl.store(order_ptr + o0 + pos, a + oc, mask=w)
-        tl.store(gain_ptr + o0 + pos, tl.full((BLOCK,), float("inf"), tl.float32), mask=w)
-        n_res += tl.sum(rv, axis=0)
+    n_res = _reserved_first(res_ptr, a, K, P, order_ptr + o0, gain_ptr + o0, BLOCK)
     steps = tl.minimum(P, K) - n_res
     tl.debug_barrier()
     if steps > 0:

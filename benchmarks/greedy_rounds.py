@@ -76,18 +76,12 @@ def captured_calls(x, cu, text, keep):
 
 
 def cuda_ms(fn, runs=5):
+    """Median CUDA-event time (ms) of ``fn`` with the GPU benchmark's timer; None on a CPU."""
     if not torch.cuda.is_available():
         return None
-    fn()
-    times = []
-    for _ in range(runs):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    import speed_gpu
+
+    return statistics.median(speed_gpu.timed(fn, runs, warmup=1))
 
 
 def one_keep(x, cu, text, keep: float, windows, cond: dict) -> list[dict]:

@@ -46,6 +46,19 @@ from .token_similarity import similarity_blocks
 
 
 @triton.jit
+def _request(off_ptr, picks_ptr, ooff_ptr, base_ptr, i_r):
+    """Request ``i_r``'s pool start and size, picks, output offset and block start."""
+    a = tl.load(off_ptr + i_r)
+    return (
+        a,
+        tl.load(off_ptr + i_r + 1) - a,
+        tl.load(picks_ptr + i_r),
+        tl.load(ooff_ptr + i_r),
+        tl.load(base_ptr + i_r),
+    )
+
+
+@triton.jit
 def _reserved_first(res_ptr, a, K, P, order_ptr, gain_ptr, BLOCK: tl.constexpr):
     """Write the request's reserved positions (pool order, gain +inf) at the start of its
     output (at most ``P``); return how many there are."""
@@ -77,11 +90,7 @@ def _global_greedy_kernel(
     BLOCK: tl.constexpr,
 ):
     i_r = tl.program_id(0).to(tl.int64)
-    a = tl.load(off_ptr + i_r)
-    K = tl.load(off_ptr + i_r + 1) - a
-    P = tl.load(picks_ptr + i_r)
-    o0 = tl.load(ooff_ptr + i_r)
-    base = tl.load(base_ptr + i_r)
+    a, K, P, o0, base = _request(off_ptr, picks_ptr, ooff_ptr, base_ptr, i_r)
     o = tl.arange(0, BLOCK)
 
     n_res = _reserved_first(res_ptr, a, K, P, order_ptr + o0, gain_ptr + o0, BLOCK)
@@ -169,11 +178,7 @@ def _global_greedy_window_kernel(
 ):
     """The same outputs as ``_global_greedy_kernel``, greedy steps by the windowed engine."""
     i_r = tl.program_id(0).to(tl.int64)
-    a = tl.load(off_ptr + i_r)
-    K = tl.load(off_ptr + i_r + 1) - a
-    P = tl.load(picks_ptr + i_r)
-    o0 = tl.load(ooff_ptr + i_r)
-    base = tl.load(base_ptr + i_r)
+    a, K, P, o0, base = _request(off_ptr, picks_ptr, ooff_ptr, base_ptr, i_r)
     o = tl.arange(0, BLOCK)
 
     n_res = _reserved_first(res_ptr, a, K, P, order_ptr + o0, gain_ptr + o0, BLOCK)

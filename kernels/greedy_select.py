@@ -58,6 +58,14 @@ def _block_row_sums(s_ptr, base, m, c0, BLOCK: tl.constexpr, BJ: tl.constexpr):
 
 
 @triton.jit
+def _image(cu_ptr, bud_ptr, base_ptr, i_g):
+    """Image ``i_g``'s first row, size, budget (at most its size) and block start."""
+    a = tl.load(cu_ptr + i_g)
+    m = tl.load(cu_ptr + i_g + 1) - a
+    return a, m, tl.minimum(tl.load(bud_ptr + i_g), m), tl.load(base_ptr + i_g)
+
+
+@triton.jit
 def _greedy_select_kernel(
     s_ptr,  # [sum m^2] fp32 similarity blocks
     base_ptr,  # [n] int64 block starts
@@ -71,10 +79,7 @@ def _greedy_select_kernel(
     BJ: tl.constexpr,
 ):
     i_g = tl.program_id(0).to(tl.int64)
-    a = tl.load(cu_ptr + i_g)
-    m = tl.load(cu_ptr + i_g + 1) - a
-    b = tl.minimum(tl.load(bud_ptr + i_g), m)
-    base = tl.load(base_ptr + i_g)
+    a, m, b, base = _image(cu_ptr, bud_ptr, base_ptr, i_g)
     o = tl.arange(0, BLOCK)
     if SINGLE:
         valid = o < m
@@ -156,10 +161,7 @@ def _greedy_select_window_kernel(
 ):
     """Max-min mode with the windowed engine (``_maxmin.maxmin_rounds``): same ranks."""
     i_g = tl.program_id(0).to(tl.int64)
-    a = tl.load(cu_ptr + i_g)
-    m = tl.load(cu_ptr + i_g + 1) - a
-    b = tl.minimum(tl.load(bud_ptr + i_g), m)
-    base = tl.load(base_ptr + i_g)
+    a, m, b, base = _image(cu_ptr, bud_ptr, base_ptr, i_g)
     o = tl.arange(0, BLOCK)
     best_v = tl.full((), float("-inf"), tl.float32)
     best_i = tl.zeros((), dtype=tl.int64)

@@ -5,6 +5,7 @@ Usage (on a CUDA machine; exits with a message elsewhere)::
     python benchmarks/speed_gpu.py                      # both scenarios, writes CSV + summary
     python benchmarks/speed_gpu.py --quick              # smoke run: fewer runs, no reference
     python benchmarks/speed_gpu.py --summary FILE.md    # also write the short summary table
+    python benchmarks/speed_gpu.py --device cpu         # dry run of the logic (tests use it)
 
 Scenarios (bf16, keep 25 %, 64 text tokens, D = 3584):
 
@@ -142,6 +143,8 @@ class _Timer:
 def timed(fn: Callable[[], object], runs: int, warmup: int = 2) -> list[float]:
     """Times (ms) of up to ``runs`` calls after ``warmup`` calls (fewer runs when slow)."""
     first = None
+    if DEVICE != "cuda":  # dry run: the logic, not the numbers
+        runs, warmup = 1, 1
     for _ in range(max(warmup, 1)):
         with _Timer() as t:
             fn()
@@ -366,18 +369,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap_.add_argument("--no-reference", action="store_true")
     ap_.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap_.add_argument("--summary", type=Path, default=None, help="also write the summary here")
-    ap_.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # "cpu": dry run
+    ap_.add_argument(
+        "--device",
+        default="cuda",
+        choices=("cuda", "cpu"),
+        help="cpu: a dry run of the script's logic on small synthetic inputs "
+        "(one run per row, nothing written; with TRITON_INTERPRET=1 and "
+        "ADAPTIVE_PRUNE_BACKEND=triton it runs the Triton kernels interpreted)",
+    )
     args = ap_.parse_args(argv)
     global DEVICE
     DEVICE = args.device
-    if DEVICE == "cpu":  # dry run of the logic: few runs, nothing written
-        args.runs = 3
+    if DEVICE == "cpu":  # dry run of the logic: one run per row, nothing written
+        args.runs = 1
     elif not torch.cuda.is_available():
         print("speed_gpu.py needs a CUDA device (torch.cuda.is_available() is False); "
               "run benchmarks/speed_cpu.py on a CPU-only machine.")  # fmt: skip
         return 2
     from adaptive_prune import _backend
+    from adaptive_prune import ops as ap_ops
 
+    backends = {op: _backend.active(op, DEVICE) for op in ap_ops.ALL_OPS}
+    print("backends on " + DEVICE + ": " + ", ".join(f"{k} {v}" for k, v in backends.items()))
     if DEVICE == "cuda" and _backend.active("greedy_select", "cuda") != "triton":
         print(f"warning: the Triton kernels are not active on CUDA "
               f"({_backend.UNAVAILABLE.get('triton', 'ADAPTIVE_PRUNE_BACKEND?')})")  # fmt: skip

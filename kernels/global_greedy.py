@@ -253,7 +253,9 @@ def global_greedy_fwd(
     if total == 0:
         return order, gains
     pool = pool.to(device=dev, dtype=torch.int64).contiguous()
-    S, base_d, _ = similarity_blocks(vision, po, eps, rows=pool)
+    S, base_d, _ = similarity_blocks(
+        vision, po, eps, rows=pool, what="stage-2 pool similarity blocks"
+    )
     ooff = [0]
     for p in picks:
         ooff.append(ooff[-1] + p)

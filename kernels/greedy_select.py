@@ -231,7 +231,7 @@ def greedy_select_fwd(
     n = len(cu) - 1
     if N == 0 or n == 0:
         return rank.fill_(-1)
-    S, base_d, _ = similarity_blocks(vision, cu, eps)
+    S, base_d, _ = similarity_blocks(vision, cu, eps, what="stage-1 per-image similarity blocks")
     cu_d = upload(cu, dev)
     bud = upload(budgets, dev)
     max_m = max(sizes_of(cu))

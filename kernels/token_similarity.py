@@ -258,10 +258,12 @@ def similarity_blocks(
     seg: Sequence[int],
     eps: float,
     rows: Optional[torch.Tensor] = None,
+    what: str = "similarity blocks",
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Per-segment similarity blocks. ``seg`` = host offsets over ``rows`` (or over ``x``).
 
     Returns ``(S [sum m^2] fp32, base [n_seg] int64 on x's device, base host list [n_seg+1])``.
+    ``what`` names the blocks in the error raised when the device cannot hold them.
     """
     x = kernel_input(x)
     dev = x.device
@@ -269,7 +271,16 @@ def similarity_blocks(
         rows = rows.to(device=dev, dtype=torch.int64).contiguous()
     sizes = sizes_of(seg)
     bases = square_bases(sizes)
-    out = empty(bases[-1], torch.float32, dev)
+    try:
+        out = empty(bases[-1], torch.float32, dev)
+    except torch.OutOfMemoryError as exc:
+        raise torch.OutOfMemoryError(
+            f"adaptive_prune: the {what} ({len(sizes)} blocks of up to {max(sizes)} x "
+            f"{max(sizes)} fp32, {bases[-1] * 4 / 2**30:.2f} GiB in all) do not fit on {dev}. "
+            "The stage-2 pool block grows with the candidate pool: smaller `lam`/`gamma` "
+            "(e.g. lam=3, gamma=1.5) shrink it; the CPU kernels need no blocks. "
+            f"The allocator said: {exc}"
+        ) from exc
     BM, BK, warps, stages = sim_config(x.dtype)
     cum = tile_cum(sizes, BM, square=True)
     seg_d, cum_d, base_d = pack([seg, cum, bases[:-1]], dev)

@@ -10,6 +10,7 @@ Every buffer the launchers allocate is poisoned (NaN / sentinel) so unwritten ou
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -290,6 +291,31 @@ def test_global_greedy_rejects_bad_picks(device):
                           torch.zeros(10, dtype=torch.bool, device=device), [11], EPS)  # fmt: skip
     with pytest.raises(ValueError, match="mode"):
         greedy_select_fwd(x, torch.tensor([0, 10]), torch.tensor([3]), "minmax", EPS)
+
+
+def test_blocks_that_do_not_fit_raise_a_clear_out_of_memory_error(device, monkeypatch):
+    """An allocation failure of the similarity blocks names them, their size and the knob."""
+    from adaptive_prune.kernels import token_similarity
+
+    real_empty = token_similarity.empty
+
+    def tight(shape, dtype, dev):  # a device that holds nothing bigger than 1000 entries
+        n = shape if isinstance(shape, int) else math.prod(shape)
+        if n > 1000:
+            raise torch.OutOfMemoryError(f"Tried to allocate {n * 4} bytes")
+        return real_empty(shape, dtype, dev)
+
+    monkeypatch.setattr(token_similarity, "empty", tight)
+    x, _ = tokens([20, 40], device=device)
+    keep = torch.zeros(60, dtype=torch.bool, device=device)
+    with pytest.raises(torch.OutOfMemoryError, match=r"stage-2 pool .*40 x 40 fp32.*lam"):
+        global_greedy_fwd(x, torch.arange(60, device=device), torch.tensor([0, 20, 60]), keep,
+                          [5, 5], EPS)  # fmt: skip
+    with pytest.raises(torch.OutOfMemoryError, match=r"stage-1 per-image .*Tried to allocate"):
+        greedy_select_fwd(x, torch.tensor([0, 20, 60]), torch.tensor([3, 3]), "maxmin", EPS)
+    small, _ = tokens([10, 20], device=device)  # 500 entries: fits
+    got = greedy_select_fwd(small, torch.tensor([0, 10, 30]), torch.tensor([3, 3]), "maxmin", EPS)
+    assert int((got >= 0).sum()) == 6  # ranks: 3 picks per image
 
 
 # --------------------------------------------------------------------------------------------

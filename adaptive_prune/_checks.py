@@ -13,8 +13,58 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
 
 
-def check_tokens(name: str, x: Any, *, width: int | None = None, device=None) -> torch.Tensor:
-    """A ``[rows, D]`` floating tensor with finite values."""
+class FiniteChecks:
+    """Finiteness checks whose verdicts are read with one host read for all of them.
+
+    On a GPU every read of a device value is a host synchronisation. ``add`` only queues a
+    device flag; ``flags()`` hands the flags to a caller that reads device values anyway (the
+    adaptive composition's one forced read), which then passes the values to ``verify``;
+    ``check_now()`` reads them itself (one synchronisation for all tensors). Either way the
+    error is the same: the tensor's name and its first bad row.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+
+    def add(self, name: str, x: torch.Tensor) -> None:
+        if x.numel():
+            # min/max propagate NaN and expose +-Inf: two scalars instead of an [N, D] bool
+            self._items.append((name, x, torch.isfinite(torch.stack(torch.aminmax(x))).all()))
+
+    def flags(self, dtype: torch.dtype, device) -> torch.Tensor:
+        """``[k]`` device tensor, 1 where the tensor is finite (``k`` = number queued)."""
+        if not self._items:
+            return torch.zeros(0, dtype=dtype, device=device)
+        return torch.stack([f.to(device=device, dtype=dtype) for _, _, f in self._items])
+
+    def verify(self, values: list) -> None:
+        """Raise for the first queued tensor whose flag value (from ``flags``) is not 1."""
+        if len(values) != len(self._items):
+            raise RuntimeError("internal error: finiteness flags and checks do not match")
+        for (name, x, _), v in zip(self._items, values):
+            if not v:
+                bad = int((~torch.isfinite(x)).any(dim=1).nonzero()[0])
+                raise ValueError(f"{name} contains NaN or Inf values (first bad row: {bad})")
+        self._items.clear()
+
+    def check_now(self) -> None:
+        if self._items:
+            self.verify(self.flags(torch.uint8, self._items[0][2].device).tolist())
+
+
+def check_tokens(
+    name: str,
+    x: Any,
+    *,
+    width: int | None = None,
+    device=None,
+    finite: FiniteChecks | None = None,
+) -> torch.Tensor:
+    """A ``[rows, D]`` floating tensor with finite values.
+
+    The finiteness test reads a device value (a host synchronisation on a GPU); with
+    ``finite=`` it is queued there instead, for one read later (see :class:`FiniteChecks`).
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape [rows, D], got {type(x).__name__}")
     if x.ndim != 2:
@@ -30,11 +80,12 @@ def check_tokens(name: str, x: Any, *, width: int | None = None, device=None) ->
         )
     if device is not None and x.device != device:
         raise ValueError(f"{name} is on {x.device} but vision is on {device}: move it there")
-    # min/max propagate NaN and expose +-Inf: two scalars instead of an [N, D] bool pass, read
-    # with one host synchronisation on a GPU
-    if x.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(x))).all()):
-        bad = int((~torch.isfinite(x)).any(dim=1).nonzero()[0])
-        raise ValueError(f"{name} contains NaN or Inf values (first bad row: {bad})")
+    if finite is not None:
+        finite.add(name, x)
+    else:
+        now = FiniteChecks()
+        now.add(name, x)
+        now.check_now()
     return x
 
 

@@ -94,11 +94,14 @@ def run_adaptive(
     q: int,
     o: dict,
     want_diag: bool,
+    finite: Optional[C.FiniteChecks] = None,
 ) -> tuple[torch.Tensor, Optional[list[Diagnostics]]]:
     """Run the method on a validated batch. Returns the kept global rows (sorted) and diagnostics.
 
     ``cu``/``ro``/``to`` are the host copies of the image, request and text offsets; ``budgets``
-    the per-request ``B``.
+    the per-request ``B``. ``finite``: the caller's pending finiteness checks of the inputs,
+    read with this function's one host read (after stage 0's scores, before anything that
+    loops on the values) and raised there.
     """
     dev = vision.device
     n, R = len(cu) - 1, len(ro) - 1
@@ -138,8 +141,11 @@ def run_adaptive(
     intra_sum = torch.zeros(R, dtype=m.dtype, device=dev).index_add_(0, img_req, d_intra * live)
     mean_intra = intra_sum / n_live.clamp_min(1)
     rho_t = d_inter / (mean_intra + d_inter + eps)
-    host = torch.cat([rho_t, d_inter]).tolist()  # the one host sync of this function
-    rho, d_inter_host = host[:R], host[R:]
+    pending = finite.flags(rho_t.dtype, dev) if finite is not None else rho_t[:0]
+    host = torch.cat([rho_t, d_inter, pending]).tolist()  # the one host sync of this function
+    if finite is not None:
+        finite.verify(host[2 * R :])
+    rho, d_inter_host = host[:R], host[R : 2 * R]
     trivial = [budgets[r] in (0, n_req[r]) for r in range(R)]
     pool_sizes = []
     for r in range(R):

@@ -67,7 +67,7 @@ def _per_request(value: Any, R: int, name: str) -> list:
     return list(value)
 
 
-def _pack_text(text, text_offsets, R, width, device):
+def _pack_text(text, text_offsets, R, width, device, finite):
     """Text as one ``[M, D]`` tensor plus ``[R+1]`` host offsets, or (None, None)."""
     if text is None:
         if text_offsets is not None:
@@ -86,7 +86,7 @@ def _pack_text(text, text_offsets, R, width, device):
             if t is None:
                 offs.append(offs[-1])
                 continue
-            C.check_tokens(f"text[{r}]", t, width=width, device=device)
+            C.check_tokens(f"text[{r}]", t, width=width, device=device, finite=finite)
             parts.append(t)
             offs.append(offs[-1] + t.shape[0])
         if not parts:
@@ -95,7 +95,7 @@ def _pack_text(text, text_offsets, R, width, device):
         return torch.cat([t.to(parts[0].dtype) for t in parts]) if len(dtypes) > 1 else torch.cat(
             parts
         ), offs
-    C.check_tokens("text", text, width=width, device=device)
+    C.check_tokens("text", text, width=width, device=device, finite=finite)
     if text_offsets is None:
         if R != 1:
             raise ValueError("text for several requests needs text_offsets [R+1] (or a list)")
@@ -143,7 +143,9 @@ def prune_batch(
         res = prune_batch(vision, cu_seqlens, torch.tensor([0, 3, 5]), keep_ratio=[0.25, 0.5])
         first_request_rows, second_request_rows = res.split()
     """
-    vision = C.check_tokens("vision", vision)
+    # finiteness: read later with one host read (the adaptive composition's forced one)
+    finite = C.FiniteChecks()
+    vision = C.check_tokens("vision", vision, finite=finite)
     N, D = vision.shape
     dev = vision.device
     cu = C.check_offsets("cu_seqlens", cu_seqlens, N, "N (rows of vision)", dev)
@@ -155,7 +157,7 @@ def prune_batch(
         raise TypeError(f"return_diagnostics must be True or False, got {return_diagnostics!r}")
     opts = C.check_options(method, options, spec.options)
     q = C.check_min_per_image(min_per_image)
-    txt, to = _pack_text(text, text_offsets, R, D, dev)
+    txt, to = _pack_text(text, text_offsets, R, D, dev, finite)
     ratios = _per_request(keep_ratio, R, "keep_ratio")
     buds = _per_request(budget, R, "budget")
     counts = [cu[k + 1] - cu[k] for k in range(n)]
@@ -169,8 +171,11 @@ def prune_batch(
 
     diags = None
     if spec.batched is not None:
-        kept, diags = spec.batched(vision, cu, ro, txt, to, budgets, q, opts, return_diagnostics)
+        kept, diags = spec.batched(
+            vision, cu, ro, txt, to, budgets, q, opts, return_diagnostics, finite=finite
+        )
     else:
+        finite.check_now()
         parts = []
         for r in range(R):
             a, e = cu[ro[r]], cu[ro[r + 1]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -177,6 +178,39 @@ def test_module_drop_in():
 
 # ------------------------------------------------------------------------------ bad input
 X, CU = random_tokens([4, 6], dim=8, seed=40)
+
+
+@pytest.mark.parametrize("method", ["adaptive", "divprune", "cdpruner"])
+@pytest.mark.parametrize("where", ["vision", "text[1]"])
+def test_non_finite_inputs_are_named_for_every_method(method, where):
+    """prune_batch queues its NaN/Inf checks and reads them in one go (the adaptive method with
+    its own forced read): every method still names the tensor and its first bad row."""
+    x, cu = random_tokens([4, 6, 5, 3], dim=8, seed=41)
+    texts = [torch.randn(3, 8), torch.randn(4, 8)]
+    if where == "vision":
+        x[7, 2] = math.inf
+    else:
+        texts[1][2, 0] = -math.inf
+    ro = torch.tensor([0, 2, 4])
+    bad_row = 7 if where == "vision" else 2
+    with pytest.raises(ValueError, match=rf"{re.escape(where)} contains NaN or Inf values "
+                       rf"\(first bad row: {bad_row}\)"):  # fmt: skip
+        ap.prune_batch(x, cu, ro, texts, keep_ratio=0.5, method=method)
+
+
+def test_adaptive_reads_its_input_checks_with_the_composition_read(monkeypatch):
+    """No read of its own for the finiteness flags on the adaptive path (a GPU sync each)."""
+    from adaptive_prune import _checks
+
+    def forbidden(self):
+        raise AssertionError("check_now() called on the adaptive path")
+
+    monkeypatch.setattr(_checks.FiniteChecks, "check_now", forbidden)
+    x, cu = random_tokens([4, 6], dim=8, seed=42)
+    res = ap.prune(x, cu, torch.randn(3, 8), keep_ratio=0.5)
+    assert res.indices.numel() == 5
+    with pytest.raises(AssertionError, match="check_now"):  # the baselines do read at once
+        ap.prune(x, cu, keep_ratio=0.5, method="divprune")
 
 
 @pytest.mark.parametrize(

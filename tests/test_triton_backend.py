@@ -121,6 +121,21 @@ def test_prune_batch_matches_reference(device, monkeypatch):
 
 
 @inner
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # interpreter
+@pytest.mark.parametrize("where", ["vision", "text"])
+def test_non_finite_input_is_reported_after_stage_0(device, where):
+    """The finiteness checks are read with the composition's one read, after the Triton
+    budget-score kernels ran on the bad values: still the clear error, nothing hangs."""
+    import adaptive_prune
+
+    x, cu = tokens([30, 0, 25], device=device)
+    t = tokens([6], seed=3, device=device)[0]
+    (x if where == "vision" else t)[4, 7] = float("nan")
+    with pytest.raises(ValueError, match=f"{where} contains NaN or Inf values .first bad row: 4"):
+        adaptive_prune.prune(x, cu, t, keep_ratio=0.3)
+
+
+@inner
 def test_opcheck_every_op(device):
     from adaptive_prune import ops
 

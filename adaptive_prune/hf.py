@@ -506,24 +506,43 @@ class PruneHandle:
                 segs.append([n])
         return M.visual_segments(counts, per_sample, segs, modality)
 
-    def _select(
-        self, vision: torch.Tensor, units: list[int], text: Optional[torch.Tensor]
-    ) -> torch.Tensor:
-        """Kept rows of ``vision`` (ascending) for one sample."""
+    def _select(self, samples: list[tuple[torch.Tensor, list[int], Any]]) -> list[torch.Tensor]:
+        """Kept rows (ascending) of each sample's ``vision``, for ``(vision, units, text)``
+        samples: one ``prune_batch`` call for all of them (one per distinct feasible minimum,
+        which differs only when a sample's budget cannot give every unit ``min_per_image``)."""
         import adaptive_prune
 
-        n = vision.shape[0]
         kw = dict(self.prune_kwargs)
         ratio = kw.pop("keep_ratio")
         budget = kw.pop("budget")
-        if budget is None:
-            budget = int(ratio * n + 0.5)  # round half up, as adaptive_prune.prune does
-        budget = min(int(budget), n)
-        kw["min_per_image"] = _feasible_min(kw["min_per_image"], units, budget)
-        cu = torch.zeros(len(units) + 1, dtype=torch.int64)
-        cu[1:] = torch.tensor(units, dtype=torch.int64).cumsum(0)
-        res = adaptive_prune.prune(vision, cu.to(vision.device), text, budget=budget, **kw)
-        return res.indices
+        q = kw.pop("min_per_image")
+        groups: dict[int, list[int]] = {}
+        budgets = []
+        for i, (vision, units, _) in enumerate(samples):
+            n = vision.shape[0]
+            b = int(ratio * n + 0.5) if budget is None else int(budget)  # as prune rounds
+            budgets.append(min(b, n))
+            groups.setdefault(_feasible_min(q, units, budgets[-1]), []).append(i)
+        out: list[Optional[torch.Tensor]] = [None] * len(samples)
+        for q_i, members in groups.items():
+            units = [u for i in members for u in samples[i][1]]
+            cu = torch.zeros(len(units) + 1, dtype=torch.int64)
+            cu[1:] = torch.tensor(units, dtype=torch.int64).cumsum(0)
+            ro = [0]
+            for i in members:
+                ro.append(ro[-1] + len(samples[i][1]))
+            res = adaptive_prune.prune_batch(
+                torch.cat([samples[i][0] for i in members]),
+                cu,
+                torch.tensor(ro, dtype=torch.int64),
+                [samples[i][2] for i in members],
+                budget=[budgets[i] for i in members],
+                min_per_image=q_i,
+                **kw,
+            )
+            for k, (i, rows) in enumerate(zip(members, res.split())):
+                out[i] = rows - int(cu[ro[k]])  # global rows -> the sample's own
+        return out  # type: ignore[return-value]
 
     def _prune_prefill(self, ctx: _Prefill, kw: dict) -> None:
         embeds: torch.Tensor = kw["inputs_embeds"]
@@ -544,10 +563,14 @@ class PruneHandle:
         text_mask = real & ~vis & ~torch.isin(ids, exclude)
 
         keep = ~vis & real  # [B, L] bool: text always kept
-        seen: dict[tuple, list] = {}
-        num_visual = []
+        # the samples' units in placeholder order (images and videos interleaved); identical
+        # samples (e.g. beams) share one selection, all distinct ones go in one batched call
+        seen: dict[tuple, list[int]] = {}
+        rows_of: list[Optional[torch.Tensor]] = []
+        owner: list[int] = []  # sample -> index into `unique`
+        unique: list[tuple[torch.Tensor, list[int], Any]] = []
+        unique_rows: list[torch.Tensor] = []
         for i in range(b):
-            # units of this sample in placeholder order, images and videos interleaved
             units = []
             for m in _MODALITIES:
                 pos = tok[m][i].nonzero().view(-1)
@@ -557,7 +580,8 @@ class PruneHandle:
                         units.append(pos[off : off + n])
                     off += n
             if not units:  # a text-only sample in a batch with images
-                num_visual.append((0, 0))
+                rows_of.append(None)
+                owner.append(-1)
                 continue
             units.sort(key=lambda p: int(p[0]))
             rows = torch.cat(units)
@@ -565,9 +589,9 @@ class PruneHandle:
             vision = embeds[i, rows]
             text = embeds[i, text_mask[i]] if self.text_aware and bool(text_mask[i].any()) else None
             key = (tuple(ids[i].tolist()), tuple(real[i].tolist()))
-            kept_rows = None
-            for other in seen.get(key, []):
-                o_lens, o_vision, o_text, o_rows = other
+            match = -1
+            for j in seen.get(key, []):
+                o_vision, o_lens, o_text = unique[j]
                 if (
                     o_lens == lens
                     and torch.equal(o_vision, vision)
@@ -576,11 +600,24 @@ class PruneHandle:
                         or (o_text is not None and text is not None and torch.equal(o_text, text))
                     )
                 ):
-                    kept_rows = o_rows  # identical sample (e.g. beams): identical choice
+                    match = j  # identical sample (e.g. beams): identical choice
                     break
-            if kept_rows is None:
-                kept_rows = rows[self._select(vision, lens, text).to(rows.device)]
-                seen.setdefault(key, []).append((lens, vision, text, kept_rows))
+            if match < 0:
+                match = len(unique)
+                unique.append((vision, lens, text))
+                unique_rows.append(rows)
+                seen.setdefault(key, []).append(match)
+            rows_of.append(rows)
+            owner.append(match)
+        chosen = self._select(unique) if unique else []
+        kept_of = [unique_rows[j][c.to(unique_rows[j].device)] for j, c in enumerate(chosen)]
+        num_visual = []
+        for i in range(b):
+            rows = rows_of[i]
+            if rows is None:
+                num_visual.append((0, 0))
+                continue
+            kept_rows = kept_of[owner[i]]
             keep[i, kept_rows] = True
             num_visual.append((int(rows.numel()), int(kept_rows.numel())))
 

@@ -309,9 +309,9 @@ def test_keep_all_is_identical(model, monkeypatch):
     """keep_ratio=1.0 goes through the pruner and the gather path and changes nothing."""
     inp = _inputs(model)
     calls = []
-    real_prune = adaptive_prune.prune
+    real_prune = adaptive_prune.prune_batch
     monkeypatch.setattr(
-        adaptive_prune, "prune", lambda *a, **k: calls.append(1) or real_prune(*a, **k)
+        adaptive_prune, "prune_batch", lambda *a, **k: calls.append(1) or real_prune(*a, **k)
     )
     with torch.no_grad():
         ref_f = model(**inp).logits
@@ -476,15 +476,19 @@ def test_beams_share_one_choice_with_a_nondeterministic_selector(model, monkeypa
     pruned alike, even by a selector that answers differently on every call."""
     seeds = itertools.count()
 
-    def fickle(vision, cu_seqlens, text=None, *, budget, **kw):
+    def fickle(vision, cu_seqlens, request_offsets, text=None, *, budget, **kw):
         g = torch.Generator().manual_seed(next(seeds))
-        keep = torch.randperm(vision.shape[0], generator=g)[:budget]
-        return SimpleNamespace(indices=keep.sort().values)
+        cu, ro = cu_seqlens.tolist(), request_offsets.tolist()
+        parts = []
+        for r, b in enumerate(budget):
+            a, e = cu[ro[r]], cu[ro[r + 1]]
+            parts.append((a + torch.randperm(e - a, generator=g)[:b]).sort().values)
+        return SimpleNamespace(split=lambda: parts)
 
     inp = _inputs(model)
     with torch.no_grad():
         with aphf.attach(model, keep_ratio=0.4) as h:
-            monkeypatch.setattr(adaptive_prune, "prune", fickle)
+            monkeypatch.setattr(adaptive_prune, "prune_batch", fickle)
             out = _gen(model, inp, num_beams=3)
             kept = h.last_kept[::3]
             for i in range(2):
@@ -643,23 +647,29 @@ def test_single_sample_shrinks_by_exact_count(model):
 # ---------------------------------------------------------------------------- behaviour
 @pytest.mark.parametrize("model", ["qwen2_5_vl", "qwen3_vl", "llava_onevision"], indirect=True)
 def test_pruner_inputs(model, monkeypatch):
-    """One pruner call per sample; images and frames are separate units; text is the prompt's
-    own token embeddings without placeholders, padding and special tokens."""
-    calls = []
-    real_prune = adaptive_prune.prune
+    """One batched pruner call per prefill, one request per sample; images and frames are
+    separate units; text is the prompt's own token embeddings without placeholders, padding
+    and special tokens."""
+    calls = []  # one entry per request: (vision, image offsets, text, options with its budget)
+    batches = []
+    real_prune = adaptive_prune.prune_batch
 
-    def spy(vision, cu, text=None, **kw):
-        calls.append((vision, cu.tolist(), text, kw))
-        return real_prune(vision, cu, text, **kw)
+    def spy(vision, cu, ro, text=None, *, budget, **kw):
+        batches.append(len(ro) - 1)
+        c, o = cu.tolist(), ro.tolist()
+        for r in range(len(o) - 1):
+            a = c[o[r]]
+            calls.append((vision[a : c[o[r + 1]]], [v - a for v in c[o[r] : o[r + 1] + 1]],
+                          text[r], dict(kw, budget=budget[r])))  # fmt: skip
+        return real_prune(vision, cu, ro, text, budget=budget, **kw)
 
-    monkeypatch.setattr(adaptive_prune, "prune", spy)
+    monkeypatch.setattr(adaptive_prune, "prune_batch", spy)
     inp = _inputs(model)
     emb = model.get_input_embeddings()
     with torch.no_grad(), aphf.attach(model, keep_ratio=0.25) as h:
-        calls.clear()  # attach() probes the options with one tiny call
         model(**inp)
         kept = h.last_kept
-    assert len(calls) == 2
+    assert batches == [2] and len(calls) == 2
     if model.config.model_type == "llava_onevision":
         frames = inp["pixel_values_videos"].shape[1]
         per = (((inp["input_ids"][0] == VID).sum().item()) - 1) // frames
@@ -688,7 +698,6 @@ def test_pruner_inputs(model, monkeypatch):
         torch.no_grad(),
         aphf.attach(model, keep_ratio=0.25, text_aware=False, split_video_frames=False),
     ):
-        calls.clear()
         model(**inp)
     assert all(c[2] is None for c in calls)
     if model.config.model_type != "llava_onevision":
@@ -828,3 +837,39 @@ def test_unsupported_uses_raise(model):
                     cache=out.cache,
                     attention_mask=torch.ones(2, 5, dtype=torch.long),
                 )
+
+
+@pytest.mark.parametrize("budget", [None, 3])
+def test_batched_selection_equals_one_call_per_sample(budget):
+    """The handle selects all samples of a prefill with one ``prune_batch`` call (one per
+    distinct feasible minimum): the same rows as ``prune`` on each sample alone."""
+    g = torch.Generator().manual_seed(5)
+    units = [[5, 7, 4], [9], [3, 3, 3, 3, 2], [6, 6]]
+    samples = []
+    for i, u in enumerate(units):
+        text = torch.randn(4, 16, generator=g) if i != 1 else None  # sample 1: no text
+        samples.append((torch.randn(sum(u), 16, generator=g), u, text))
+    kw = dict(keep_ratio=0.3 if budget is None else None, budget=budget, method="adaptive",
+              min_per_image=2)  # fmt: skip
+    calls = []
+    real = adaptive_prune.prune_batch
+
+    def spy(*a, **k):
+        calls.append(k["min_per_image"])
+        return real(*a, **k)
+
+    handle = SimpleNamespace(prune_kwargs=kw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(adaptive_prune, "prune_batch", spy)
+        got = aphf.PruneHandle._select(handle, samples)
+    qs = []
+    for (vision, u, text), rows in zip(samples, got):
+        n = vision.shape[0]
+        b = min(int(0.3 * n + 0.5) if budget is None else budget, n)
+        qs.append(aphf._feasible_min(2, u, b))
+        cu = torch.tensor([0] + list(itertools.accumulate(u)))
+        want = adaptive_prune.prune(vision, cu, text, budget=b, min_per_image=qs[-1]).indices
+        assert torch.equal(rows, want)
+    assert sorted(calls) == sorted(set(qs))  # one call per distinct feasible minimum
+    if budget == 3:  # 3 tokens cannot give 5 units 1 each, nor 3 units 2 each: three groups
+        assert sorted(set(qs)) == [0, 1, 2]

@@ -540,8 +540,11 @@ class PruneHandle:
                 min_per_image=q_i,
                 **kw,
             )
-            for k, (i, rows) in enumerate(zip(members, res.split())):
+            start = 0  # every request keeps exactly its budget: split on the host (no sync)
+            for k, i in enumerate(members):
+                rows = res.indices[start : start + budgets[i]]
                 out[i] = rows - int(cu[ro[k]])  # global rows -> the sample's own
+                start += budgets[i]
         return out  # type: ignore[return-value]
 
     def _prune_prefill(self, ctx: _Prefill, kw: dict) -> None:

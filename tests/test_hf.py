@@ -483,7 +483,7 @@ def test_beams_share_one_choice_with_a_nondeterministic_selector(model, monkeypa
         for r, b in enumerate(budget):
             a, e = cu[ro[r]], cu[ro[r + 1]]
             parts.append((a + torch.randperm(e - a, generator=g)[:b]).sort().values)
-        return SimpleNamespace(split=lambda: parts)
+        return SimpleNamespace(indices=torch.cat(parts))
 
     inp = _inputs(model)
     with torch.no_grad():

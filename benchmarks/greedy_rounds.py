@@ -3,8 +3,9 @@ engine (``kernels/_maxmin.py``), on the real inputs of the speed benchmarks.
 
 The max-min greedy is sequential: with one pick per step, every step waits for one row load
 and one reduction over the whole segment. The windowed engine takes up to ``L`` exact picks
-per round from an on-chip ``L x L`` sub-block; its rounds cost about 30 counting passes over
-the running distances (no memory round trip) plus one pass that applies the round's rows.
+per round from an on-chip ``L x L`` sub-block; a round costs a few passes over the running
+distances (the radix select of the window edge, the compaction) plus the pass that applies
+the round's rows.
 This script counts, with the real kernels (the Triton interpreter on a CPU, compiled on a
 GPU), the steps, rounds and passes of every segment of both stages, checks that both variants
 return the same picks and gains, and on a GPU times the two greedy ops.

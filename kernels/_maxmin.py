@@ -162,8 +162,8 @@ def maxmin_rounds(
             n_dig += (x > 0xFFFF).to(tl.int64) + (x > 0xFFFFFF).to(tl.int64)
             shift0 = 8 * tl.maximum(n_dig - 1, 0)
             prefix = u_min >> (8 * n_dig)  # the bits every live key shares
-            r = n_live * 0 + (L + 1)
-            c_gt = n_live * 0
+            c_gt = tl.zeros((), dtype=tl.int64)  # entries known to lie above the edge
+            r = c_gt + (L + 1)  # the edge's rank
             for i in tl.static_range(4):
                 if i < n_dig:
                     h = _radix_hist(acc_ptr, K, prefix, shift0 - 8 * i, BLOCK, BINS)

@@ -69,6 +69,38 @@ def check_window(w: int) -> int:
 GREEDY_WINDOW: int = _window_from_env()
 
 
+def block_budget_bytes() -> int:
+    """``ADAPTIVE_PRUNE_BLOCK_BUDGET_MB`` (default 2048): the most bytes one launch's fp32
+    similarity blocks may take when the segments allow it (see :func:`block_groups`)."""
+    raw = os.environ.get("ADAPTIVE_PRUNE_BLOCK_BUDGET_MB", "2048").strip()
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = float("nan")
+    if not mb >= 0 or mb == float("inf"):
+        raise ValueError(f"ADAPTIVE_PRUNE_BLOCK_BUDGET_MB must be a number >= 0, got {raw!r}")
+    return int(mb * 2**20)
+
+
+def block_groups(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive ranges ``[a, b)`` of segments whose ``m x m`` fp32 similarity blocks fit
+    :func:`block_budget_bytes` together; a segment over the budget forms a group of its own.
+
+    The greedy launchers run one group after the other: the same results (segments are
+    independent), with the scratch of a batch bounded by the budget or its largest block.
+    """
+    cap = block_budget_bytes()
+    groups, a, total = [], 0, 0
+    for i, m in enumerate(sizes):
+        need = 4 * m * m
+        if i > a and total + need > cap:
+            groups.append((a, i))
+            a, total = i, 0
+        total += need
+    groups.append((a, len(sizes)))
+    return groups
+
+
 # Launch configurations (data, not autotuning): (GPU value, interpreter value) and why. The GPU
 # values were chosen with ``python -m adaptive_prune.kernels._compile_check`` (ptxas for sm_90,
 # no GPU needed): the largest tiles that compile without register spills. The interpreter runs

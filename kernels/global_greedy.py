@@ -31,6 +31,7 @@ import triton.language as tl
 from . import _common
 from ._common import (
     MAX_REG_BLOCK,
+    block_groups,
     cfg,
     check_window,
     empty,
@@ -252,13 +253,31 @@ def global_greedy_fwd(
     gains = empty(total, torch.float32, dev)
     if total == 0:
         return order, gains
+    ooff = [0]
+    for p in picks:
+        ooff.append(ooff[-1] + p)
+    groups = block_groups(sizes)
+    if len(groups) > 1:  # the pool blocks of all requests exceed the budget: a group at a time
+        for a, b in groups:
+            p0, p1 = po[a], po[b]
+            o_g, g_g = global_greedy_fwd(
+                vision,
+                pool[p0:p1],
+                torch.tensor([p - p0 for p in po[a : b + 1]], dtype=torch.int64),
+                reserved[p0:p1],
+                picks[a:b],
+                eps,
+                block=block,
+                window=window,
+                stats=stats[a:b] if stats is not None else None,
+            )
+            order[ooff[a] : ooff[b]] = o_g + p0  # the group's pool positions -> the batch's
+            gains[ooff[a] : ooff[b]] = g_g
+        return order, gains
     pool = pool.to(device=dev, dtype=torch.int64).contiguous()
     S, base_d, _ = similarity_blocks(
         vision, po, eps, rows=pool, what="stage-2 pool similarity blocks"
     )
-    ooff = [0]
-    for p in picks:
-        ooff.append(ooff[-1] + p)
     off_d, picks_d, ooff_d = pack([po, picks, ooff], dev)
     res = reserved.to(device=dev, dtype=torch.bool).contiguous().view(torch.uint8)
     max_k = max(sizes)

@@ -29,6 +29,7 @@ import triton.language as tl
 from . import _common
 from ._common import (
     MAX_REG_BLOCK,
+    block_groups,
     cfg,
     check_window,
     empty,
@@ -231,6 +232,20 @@ def greedy_select_fwd(
     n = len(cu) - 1
     if N == 0 or n == 0:
         return rank.fill_(-1)
+    groups = block_groups(sizes_of(cu))
+    if len(groups) > 1:  # the blocks of all images exceed the budget: a group at a time
+        for a, b in groups:
+            rank[cu[a] : cu[b]] = greedy_select_fwd(
+                vision[cu[a] : cu[b]],
+                torch.tensor([c - cu[a] for c in cu[a : b + 1]], dtype=torch.int64),
+                budgets[a:b],
+                mode,
+                eps,
+                block=block,
+                window=window,
+                stats=stats[a:b] if stats is not None else None,
+            )
+        return rank
     S, base_d, _ = similarity_blocks(vision, cu, eps, what="stage-1 per-image similarity blocks")
     cu_d = upload(cu, dev)
     bud = upload(budgets, dev)

@@ -19,6 +19,9 @@ import torch
 pytest.importorskip("triton")
 
 from adaptive_prune.kernels import _common  # noqa: E402
+from adaptive_prune.kernels import global_greedy as global_greedy_module  # noqa: E402
+from adaptive_prune.kernels import greedy_select as greedy_select_module  # noqa: E402
+from adaptive_prune.kernels import token_similarity as token_similarity_module  # noqa: E402
 from adaptive_prune.kernels.allocate_budgets import allocate_budgets_fwd  # noqa: E402
 from adaptive_prune.kernels.budget_scores import budget_scores_fwd  # noqa: E402
 from adaptive_prune.kernels.global_greedy import global_greedy_fwd  # noqa: E402
@@ -297,6 +300,48 @@ def test_windowed_greedy_equals_step_loop_across_scales(device):
         o, gains = global_greedy_fwd(x, pool, po, reserved, [160], EPS, block=64, window=window)
         assert torch.equal(o, s_o), window
         assert torch.equal(gains, s_g), window
+
+
+@pytest.mark.parametrize("window", [0, 16])
+def test_greedy_launchers_split_batches_over_the_block_budget(device, monkeypatch, window):
+    """ADAPTIVE_PRUNE_BLOCK_BUDGET_MB bounds the similarity blocks of one launch: the segments
+    run in consecutive groups (a segment over the budget alone), with the same output."""
+    x, _ = tokens([30, 1, 45, 0, 20, 38], device=device)
+    cu = torch.tensor([0, 30, 31, 76, 76, 96, 134])
+    bud = torch.tensor([7, 1, 20, 0, 5, 38])
+    g = torch.Generator().manual_seed(3)
+    pool = torch.randperm(134, generator=g)[:110].to(device)
+    po = torch.tensor([0, 40, 41, 41, 90, 110])  # a one-token and an empty request
+    reserved = torch.zeros(110, dtype=torch.bool)
+    reserved[[0, 5, 60, 95]] = True
+    reserved = reserved.to(device)
+    picks = [30, 1, 0, 35, 12]
+    want_rank = greedy_select_fwd(x, cu, bud, "maxmin", EPS, window=window)
+    want = global_greedy_fwd(x, pool, po, reserved, picks, EPS, window=window)
+    calls = []
+    real = token_similarity_module.similarity_blocks
+
+    def spy(xx, seg, *a, **k):
+        calls.append(len(seg) - 1)
+        return real(xx, seg, *a, **k)
+
+    # 0.01 MiB = 10485 B: blocks of 4 m^2 B group as images [30, 1] [45, 0, 20] [38] and
+    # requests [40, 1, 0] [49] [20]; 0 MiB: every segment alone (empty ones launch nothing)
+    for mb, groups in (("0.01", {"stage 1": [2, 3, 1], "stage 2": [3, 1, 1]}),
+                       ("0", {"stage 1": [1] * 5, "stage 2": [1] * 4})):  # fmt: skip
+        monkeypatch.setenv("ADAPTIVE_PRUNE_BLOCK_BUDGET_MB", mb)
+        monkeypatch.setattr(greedy_select_module, "similarity_blocks", spy)
+        monkeypatch.setattr(global_greedy_module, "similarity_blocks", spy)
+        calls.clear()
+        assert torch.equal(greedy_select_fwd(x, cu, bud, "maxmin", EPS, window=window), want_rank)
+        assert calls == groups["stage 1"], (mb, calls)
+        calls.clear()
+        got = global_greedy_fwd(x, pool, po, reserved, picks, EPS, window=window)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert calls == groups["stage 2"], (mb, calls)
+    monkeypatch.setenv("ADAPTIVE_PRUNE_BLOCK_BUDGET_MB", "lots")
+    with pytest.raises(ValueError, match="ADAPTIVE_PRUNE_BLOCK_BUDGET_MB"):
+        greedy_select_fwd(x, cu, bud, "maxmin", EPS)
 
 
 def test_greedy_window_is_checked(monkeypatch):

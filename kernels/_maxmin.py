@@ -12,7 +12,8 @@ gains, bit for bit**, with far fewer dependent round trips, by taking many steps
    exact radix select: the live keys share every bit above the highest bit where the smallest
    and the largest differ (both known from the previous pass), and below it each pass
    histograms one 8-bit digit of the entries that match the digits found so far (``tl.
-   histogram``; at most 4 passes, no dependent memory access inside a pass). One more pass
+   histogram`` without a mask, which Triton < 3.4 lacks; at most 4 passes, no dependent
+   memory access inside a pass). One more pass
    compacts ``W`` in pool order; the bound ``(v_b, i_b)`` is the largest entry outside ``W``
    in that order.
 2. Load the ``|W| x |W|`` sub-block ``S[W, W]`` once (gathered, independent loads) and run the
@@ -87,28 +88,32 @@ def _acc_stats(acc_ptr, K, BLOCK: tl.constexpr):
 @triton.jit
 def _radix_hist(acc_ptr, K, prefix, shift, BLOCK: tl.constexpr, BINS: tl.constexpr):
     """Histogram of the 8-bit digit ``(u >> shift) & 255`` of the live entries whose higher
-    bits equal ``prefix`` (``u = _ukey``), one pass over ``acc``."""
+    bits equal ``prefix`` (``u = _ukey``), one pass over ``acc``. ``[2 * BINS]``: the other
+    entries are counted in the upper half, spread by lane so that they never contend for one
+    bin (``tl.histogram`` takes no mask before Triton 3.4); only the lower half is read."""
     o = tl.arange(0, BLOCK)
-    hist = tl.zeros((BINS,), dtype=tl.int32)
+    spread = BINS + (o & (BINS - 1))
+    hist = tl.zeros((2 * BINS,), dtype=tl.int32)
     for c0 in range(0, K, BLOCK):
         oc = c0 + o
         v = tl.load(acc_ptr + oc, mask=oc < K, other=float("-inf"))
         u = _ukey(v)
         sel = (v > float("-inf")) & ((u >> (shift + 8)) == prefix)
-        hist += tl.histogram(((u >> shift) & (BINS - 1)).to(tl.int32), BINS, mask=sel)
+        digit = ((u >> shift) & (BINS - 1)).to(tl.int32)
+        hist += tl.histogram(tl.where(sel, digit, spread), 2 * BINS)
     return hist
 
 
 @triton.jit
 def _radix_digit(hist, c_gt, r, BINS: tl.constexpr):
-    """The digit ``d`` of the ``r``-th largest key among the entries counted in ``hist``, given
-    ``c_gt`` entries above them all: ``c_gt + #(digit > d) < r <= c_gt + #(digit >= d)``.
-    Returns ``d`` and the new ``c_gt = c_gt + #(digit > d)``."""
-    ob = tl.arange(0, BINS)
-    h = hist.to(tl.int64)
+    """The digit ``d`` of the ``r``-th largest key among the entries counted in the lower half
+    of ``hist [2 * BINS]``, given ``c_gt`` entries above them all: ``c_gt + #(digit > d) < r
+    <= c_gt + #(digit >= d)``. Returns ``d`` and the new ``c_gt = c_gt + #(digit > d)``."""
+    ob = tl.arange(0, 2 * BINS)
+    h = tl.where(ob < BINS, hist, 0).to(tl.int64)
     above = tl.sum(h, axis=0) - tl.cumsum(h, axis=0)  # #(digit > b) for every bin b
-    ok = (c_gt + above) < r  # a suffix of the bins (above does not increase)
-    d = BINS - tl.sum(ok.to(tl.int64), axis=0)
+    ok = (c_gt + above) < r  # a suffix of the bins (above does not increase); all upper bins
+    d = 2 * BINS - tl.sum(ok.to(tl.int64), axis=0)
     return d, c_gt + tl.sum(tl.where(ob == d, above, 0), axis=0)
 
 

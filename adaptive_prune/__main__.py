@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Adaptive visual-token pruning for multi-image multimodal LLMs.",
     )
     sub = parser.add_subparsers(dest="command", metavar="{demo,info}")
-    from . import demo
+    from .cli import demo
 
     demo.add_arguments(sub.add_parser("demo", help="run the method on the bundled real tokens"))
     sub.add_parser("info", help="versions, devices, backends and which one each op uses")
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return demo.run(args)
     if args.command == "info":
-        from .info import main as info_main
+        from .cli.info import main as info_main
 
         return info_main()
     parser.print_help()

@@ -202,8 +202,12 @@ def is_bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else "True or False"
 
 
-def is_int(v: Any) -> str | None:
-    return None if isinstance(v, Integral) and not isinstance(v, bool) else "an int"
+def int_at_least(lo: int):
+    def check(v: Any) -> str | None:
+        ok = isinstance(v, Integral) and not isinstance(v, bool) and int(v) >= lo
+        return None if ok else f"an int >= {lo}"
+
+    return check
 
 
 def cosine_threshold_or_none(v: Any) -> str | None:
@@ -216,3 +220,8 @@ def cosine_threshold_or_none(v: Any) -> str | None:
 def unit_interval(v: Any) -> str | None:
     ok = isinstance(v, Real) and not isinstance(v, bool) and 0.0 <= v <= 1.0
     return None if ok else "a number in [0, 1]"
+
+
+def positive_fraction(v: Any) -> str | None:
+    ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 1
+    return None if ok else "a number in (0, 1]"

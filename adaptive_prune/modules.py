@@ -7,7 +7,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .functional import PruneResult, prune
+from .api import PruneResult, prune
 
 
 class AdaptiveTokenPruner(nn.Module):

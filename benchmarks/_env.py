@@ -73,7 +73,7 @@ class WallTimer:
 
 @contextlib.contextmanager
 def _swapped_ops(name: str, table: dict):
-    from adaptive_prune import adaptive
+    from adaptive_prune.methods import adaptive
 
     saved = adaptive.ops
     adaptive.ops = type(name, (), table)
@@ -86,7 +86,7 @@ def _swapped_ops(name: str, table: dict):
 def reference_ops():
     """Run the adaptive method with the pure-PyTorch reference of every op."""
     from adaptive_prune import ops
-    from adaptive_prune import reference as ref
+    from adaptive_prune.ops import reference as ref
 
     return _swapped_ops("ReferenceOps", {n: staticmethod(getattr(ref, n)) for n in ops.ALL_OPS})
 

@@ -53,7 +53,7 @@ FIELDS = (
 def captured_calls(x, cu, text, keep):
     """The composition's greedy_select and global_greedy arguments for one prune() call."""
     import adaptive_prune as ap
-    from adaptive_prune import adaptive
+    from adaptive_prune.methods import adaptive
 
     calls: dict = {}
     saved = adaptive.ops

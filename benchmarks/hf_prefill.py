@@ -43,7 +43,7 @@ import _env  # noqa: E402
 import transformers  # noqa: E402
 
 import adaptive_prune  # noqa: E402
-import adaptive_prune.hf as aphf  # noqa: E402
+import adaptive_prune.integrations.hf as aphf  # noqa: E402
 
 IMG, VS, VE = 151655, 151652, 151653
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -57,7 +57,7 @@ sys.path[:0] = [p for p in (str(REPO), str(REPO / "benchmarks")) if p not in sys
 import _env  # noqa: E402
 
 import adaptive_prune as ap  # noqa: E402
-from adaptive_prune import _backend  # noqa: E402
+from adaptive_prune import backends  # noqa: E402
 
 DATA = REPO / "benchmarks" / "data" / "bench_tokens.npz"
 RESULTS = REPO / "benchmarks" / "results"
@@ -305,7 +305,7 @@ def conditions(instances: list[Instance]) -> dict:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "triton": _env.triton_version(),
-        "backend": _backend.active("greedy_select", "cpu"),
+        "backend": backends.serving("greedy_select", "cpu")[0],
         "dtype": "float32 (stored float16)",
         "dim": int(instances[0].tokens.shape[1]) if instances else 0,
         "data": DATA.name,

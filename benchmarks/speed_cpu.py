@@ -64,7 +64,7 @@ from _env import op_timers, reference_ops  # noqa: E402
 
 import adaptive_prune as ap  # noqa: E402
 from adaptive_prune import _backend, _ext  # noqa: E402
-from adaptive_prune import reference as ref  # noqa: E402
+from adaptive_prune.ops import reference as ref  # noqa: E402
 
 FIXTURE = REPO / "adaptive_prune" / "data" / "real_tokens.npz"
 BENCH = REPO / "benchmarks" / "data" / "bench_tokens.npz"

@@ -46,50 +46,33 @@ MAX_REG_BLOCK = 8192
 
 # Window of the exact max-min engine (``_maxmin.py``): the greedy loops take up to this many
 # picks per round from an on-chip ``L x L`` sub-block. 0 runs the one-pick-per-step loops
-# instead (same outputs; kept as the baseline of ``benchmarks/speed_gpu.py``). Power of two.
-def _window_from_env() -> int:
-    raw = os.environ.get("ADAPTIVE_PRUNE_GREEDY_WINDOW", "64").strip()
-    try:
-        w = int(raw)
-    except ValueError:
-        raise ValueError(
-            f"ADAPTIVE_PRUNE_GREEDY_WINDOW must be 0 or a power of two in [16, 128], got {raw!r}"
-        ) from None
-    check_window(w)
-    return w
+# instead (same outputs). Power of two.
+DEFAULT_WINDOW = 64
+# The most memory (MiB) one launch's fp32 similarity blocks may take (see block_groups).
+DEFAULT_BLOCK_BUDGET_MB = 2048
 
 
-def check_window(w: int) -> int:
+def check_window(w: Optional[int]) -> int:
+    """The window to use: ``DEFAULT_WINDOW`` for None, else ``w`` checked."""
+    w = DEFAULT_WINDOW if w is None else int(w)
     # above 128 the L x L sub-block spills registers on sm_90 (kernels/_compile_check.py)
     if w != 0 and (w < 16 or w > 128 or w & (w - 1)):
         raise ValueError(f"greedy window must be 0 or a power of two in [16, 128], got {w}")
     return w
 
 
-GREEDY_WINDOW: int = _window_from_env()
-
-
-def block_budget_bytes() -> int:
-    """``ADAPTIVE_PRUNE_BLOCK_BUDGET_MB`` (default 2048): the most bytes one launch's fp32
-    similarity blocks may take when the segments allow it (see :func:`block_groups`)."""
-    raw = os.environ.get("ADAPTIVE_PRUNE_BLOCK_BUDGET_MB", "2048").strip()
-    try:
-        mb = float(raw)
-    except ValueError:
-        mb = float("nan")
-    if not mb >= 0 or mb == float("inf"):
-        raise ValueError(f"ADAPTIVE_PRUNE_BLOCK_BUDGET_MB must be a number >= 0, got {raw!r}")
-    return int(mb * 2**20)
-
-
-def block_groups(sizes: Sequence[int]) -> list[tuple[int, int]]:
+def block_groups(sizes: Sequence[int], budget_mb: Optional[float]) -> list[tuple[int, int]]:
     """Consecutive ranges ``[a, b)`` of segments whose ``m x m`` fp32 similarity blocks fit
-    :func:`block_budget_bytes` together; a segment over the budget forms a group of its own.
+    ``budget_mb`` MiB together (``DEFAULT_BLOCK_BUDGET_MB`` for None); a segment over the
+    budget forms a group of its own.
 
     The greedy launchers run one group after the other: the same results (segments are
     independent), with the scratch of a batch bounded by the budget or its largest block.
     """
-    cap = block_budget_bytes()
+    mb = DEFAULT_BLOCK_BUDGET_MB if budget_mb is None else float(budget_mb)
+    if not 0 <= mb < float("inf"):
+        raise ValueError(f"block_budget_mb must be a finite number >= 0, got {budget_mb!r}")
+    cap = int(mb * 2**20)
     groups, a, total = [], 0, 0
     for i, m in enumerate(sizes):
         need = 4 * m * m
@@ -266,23 +249,10 @@ def set_device(device: torch.device):
     return contextlib.nullcontext()
 
 
-# Tests set this (tests/conftest.py fixture ``poison``) so that every buffer the launchers
-# allocate starts as NaN / a negative sentinel: an output the kernels fail to write shows up.
-POISON = False
-
-
 def empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``torch.empty``, or a poisoned buffer when :data:`POISON` is set (tests)."""
-    out = torch.empty(shape, dtype=dtype, device=device)
-    if POISON:
-        if dtype.is_floating_point:
-            out.fill_(float("nan"))
-        elif dtype == torch.bool:
-            out.view(torch.uint8).fill_(0xAB)
-        else:
-            info = torch.iinfo(dtype)
-            out.fill_(info.min if dtype.is_signed else info.max)
-    return out
+    """``torch.empty`` (tests poison it through ``torch.use_deterministic_algorithms``, which
+    fills fresh buffers with NaN / the largest integer, so an unwritten output shows up)."""
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 # --------------------------------------------------------------------------------------------

@@ -92,10 +92,11 @@ def allocate_budgets_fwd(
         return out
     max_nr = max(sizes_of(ro))
     BN = max(16, next_pow2(max_nr))
-    if max_nr > MAX_IMAGES_PER_REQUEST:  # a register block that large does not fit: host path
-        from adaptive_prune import reference
-
-        return reference.allocate_budgets(weights, caps, mins, req_offsets, totals)
+    if max_nr > MAX_IMAGES_PER_REQUEST:  # the routing layer sends such calls to the reference
+        raise ValueError(
+            f"allocate_budgets_fwd: a request has {max_nr} images; the kernel takes at most "
+            f"{MAX_IMAGES_PER_REQUEST} per request"
+        )
     (ro_d,) = pack([ro], dev)
     w = weights.contiguous()
     cap_d = upload(caps, dev)

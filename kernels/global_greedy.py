@@ -28,7 +28,6 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common
 from ._common import (
     MAX_REG_BLOCK,
     block_groups,
@@ -228,13 +227,14 @@ def global_greedy_fwd(
     *,
     block: Optional[int] = None,
     window: Optional[int] = None,
+    block_budget_mb: Optional[float] = None,
     stats: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``adaptive_prune::global_greedy`` on the device: ``(order [sum P] int64, gains fp32)``.
 
     ``pool_offsets`` may be on the CPU (no host sync) or on the device (one sync to read it).
     ``block`` forces the lane count per program; ``window``: picks per round of the max-min
-    engine (default ``_common.GREEDY_WINDOW``; 0 = one pick per step). Same outputs either way.
+    engine (default ``DEFAULT_WINDOW``, 64; 0 = one pick per step). Same outputs either way.
     ``stats``: an ``[R, 2]`` int64 device tensor that receives every request's rounds and passes
     over its distances (windowed engine only; benchmarks).
     """
@@ -256,7 +256,7 @@ def global_greedy_fwd(
     ooff = [0]
     for p in picks:
         ooff.append(ooff[-1] + p)
-    groups = block_groups(sizes)
+    groups = block_groups(sizes, block_budget_mb)
     if len(groups) > 1:  # the pool blocks of all requests exceed the budget: a group at a time
         for a, b in groups:
             p0, p1 = po[a], po[b]
@@ -269,6 +269,7 @@ def global_greedy_fwd(
                 eps,
                 block=block,
                 window=window,
+                block_budget_mb=block_budget_mb,
                 stats=stats[a:b] if stats is not None else None,
             )
             order[ooff[a] : ooff[b]] = o_g + p0  # the group's pool positions -> the batch's
@@ -281,7 +282,7 @@ def global_greedy_fwd(
     off_d, picks_d, ooff_d = pack([po, picks, ooff], dev)
     res = reserved.to(device=dev, dtype=torch.bool).contiguous().view(torch.uint8)
     max_k = max(sizes)
-    window = check_window(_common.GREEDY_WINDOW if window is None else int(window))
+    window = check_window(window)
     if window and block is None:  # the engine's passes run over chunks of the scratch
         block = min(next_pow2(max_k), cfg("window_chunk"))
     if block is None:

@@ -26,7 +26,6 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common
 from ._common import (
     MAX_REG_BLOCK,
     block_groups,
@@ -212,13 +211,14 @@ def greedy_select_fwd(
     *,
     block: Optional[int] = None,
     window: Optional[int] = None,
+    block_budget_mb: Optional[float] = None,
     stats: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``adaptive_prune::greedy_select`` on the device. Returns ``rank [N]`` int64.
 
     ``cu_seqlens`` may be on the CPU (no host sync) or on the device (one sync to read it).
     ``block`` forces the lane count per program (tests use a small one to run the chunked path).
-    ``window``: picks per round of the max-min engine (default ``_common.GREEDY_WINDOW``; 0 = one
+    ``window``: picks per round of the max-min engine (default ``DEFAULT_WINDOW``, 64; 0 = one
     pick per step). Max-sum always runs one pick per step. ``stats``: an ``[n, 2]`` int64 device
     tensor that receives every image's rounds and passes over its distances (windowed engine
     only; benchmarks).
@@ -232,7 +232,7 @@ def greedy_select_fwd(
     n = len(cu) - 1
     if N == 0 or n == 0:
         return rank.fill_(-1)
-    groups = block_groups(sizes_of(cu))
+    groups = block_groups(sizes_of(cu), block_budget_mb)
     if len(groups) > 1:  # the blocks of all images exceed the budget: a group at a time
         for a, b in groups:
             rank[cu[a] : cu[b]] = greedy_select_fwd(
@@ -243,6 +243,7 @@ def greedy_select_fwd(
                 eps,
                 block=block,
                 window=window,
+                block_budget_mb=block_budget_mb,
                 stats=stats[a:b] if stats is not None else None,
             )
         return rank
@@ -250,7 +251,7 @@ def greedy_select_fwd(
     cu_d = upload(cu, dev)
     bud = upload(budgets, dev)
     max_m = max(sizes_of(cu))
-    window = check_window(_common.GREEDY_WINDOW if window is None else int(window))
+    window = check_window(window)
     if window and mode == "maxmin" and block is None:  # engine passes: chunks of the scratch
         block = min(next_pow2(max_m), cfg("window_chunk"))
     if block is None:

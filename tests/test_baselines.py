@@ -12,7 +12,7 @@ import torch
 from _data import offsets, random_tokens, real_tokens
 
 import adaptive_prune as ap
-from adaptive_prune import baselines as bl
+from adaptive_prune.methods import baselines as bl
 
 BASELINES = [
     "random",

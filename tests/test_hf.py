@@ -17,7 +17,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import adaptive_prune  # noqa: E402
-import adaptive_prune.hf as aphf  # noqa: E402
+import adaptive_prune.integrations.hf as aphf  # noqa: E402
 
 TOL = 1e-5
 V, PAD, BOS, EOS = 200, 0, 1, 2

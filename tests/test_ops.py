@@ -72,9 +72,9 @@ def test_ops_compile_fullgraph():
 
     @torch.compile(fullgraph=True, backend="eager")
     def stages(x, cu, b, pool, po, reserved, gains, align, ko):
-        rank = ops.greedy_select(x, cu, b, "maxmin", 1e-6)
-        order, g = ops.global_greedy(x, pool, po, reserved, [2, 4], 1e-6)
-        keep = ops.pareto_select(gains, align, ko, [2, 2])
+        rank = torch.ops.adaptive_prune.greedy_select(x, cu, b, "maxmin", 1e-6)
+        order, g = torch.ops.adaptive_prune.global_greedy(x, pool, po, reserved, [2, 4], 1e-6)
+        keep = torch.ops.adaptive_prune.pareto_select(gains, align, ko, [2, 2])
         return rank, order, g, keep
 
     x, cu, b = args["greedy_select"][0][:3]
@@ -82,9 +82,9 @@ def test_ops_compile_fullgraph():
     gains, align, ko = args["pareto_select"][0][:3]
     got = stages(x, cu, b, pool, po, reserved, gains, align, ko)
     want = (
-        ops.greedy_select(x, cu, b, "maxmin", 1e-6),
-        *ops.global_greedy(x, pool, po, reserved, [2, 4], 1e-6),
-        ops.pareto_select(gains, align, ko, [2, 2]),
+        torch.ops.adaptive_prune.greedy_select(x, cu, b, "maxmin", 1e-6),
+        *torch.ops.adaptive_prune.global_greedy(x, pool, po, reserved, [2, 4], 1e-6),
+        torch.ops.adaptive_prune.pareto_select(gains, align, ko, [2, 2]),
     )
     for a, w in zip(got, want):
         assert torch.equal(a, w)

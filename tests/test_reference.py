@@ -9,7 +9,7 @@ import pytest
 import torch
 from _data import random_tokens, real_tokens
 
-from adaptive_prune import reference as ref
+from adaptive_prune.ops import reference as ref
 
 EPS = 1e-6
 

@@ -1,52 +1,20 @@
 """End to end with the Triton backend: ``prune`` / ``prune_batch`` and ``opcheck`` of every op.
 
-The backend is chosen at import (``ADAPTIVE_PRUNE_BACKEND=triton``; on a CPU also
-``TRITON_INTERPRET=1``), so the driver test below re-runs this file in a fresh interpreter with
-those variables set. There, every op dispatches to its Triton launcher (on CPU tensors through
-the interpreter, on CUDA tensors compiled), and the results are compared with the same
-composition running the pure-PyTorch reference ops.
+Inside ``adaptive_prune.backend("triton")`` every op dispatches to its Triton launcher (on CPU
+tensors through the interpreter, on CUDA tensors compiled); the results are compared with the
+same calls inside ``adaptive_prune.backend("reference")``.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import types
-from pathlib import Path
-
 import pytest
 import torch
 
-BACKEND_ON = os.environ.get("ADAPTIVE_PRUNE_BACKEND", "") == "triton"
-ROOT = Path(__file__).resolve().parents[1]
+import adaptive_prune
+from adaptive_prune import backends, ops
 
-
-@pytest.mark.interpreter
-@pytest.mark.skipif(BACKEND_ON, reason="inner run: the tests below are the suite")
-def test_triton_backend_suite_in_subprocess():
-    env = dict(os.environ, ADAPTIVE_PRUNE_BACKEND="triton")
-    if not torch.cuda.is_available():
-        env["TRITON_INTERPRET"] = "1"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    tail = proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert proc.returncode == 0, tail
-    last = proc.stdout.strip().splitlines()[-1]
-    assert " passed" in last and "failed" not in last and "error" not in last, tail
-
-
-inner = pytest.mark.skipif(not BACKEND_ON, reason="runs in the subprocess started above")
+pytestmark = pytest.mark.interpreter
 EPS = 1e-6
-
-
-def reference_ops():
-    """A stand-in for ``adaptive_prune.ops`` whose ops are the reference functions."""
-    from adaptive_prune import reference as ref
-
-    names = ["budget_scores", "allocate_budgets", "greedy_select", "global_greedy"]
-    names += ["token_alignment", "pareto_select"]
-    return types.SimpleNamespace(**{n: getattr(ref, n) for n in names})
 
 
 def tokens(counts, dim=40, seed=0, dtype=torch.float32, device="cpu"):
@@ -58,12 +26,11 @@ def tokens(counts, dim=40, seed=0, dtype=torch.float32, device="cpu"):
     return x.to(dtype).to(device), torch.tensor(cu, dtype=torch.int64)
 
 
-@inner
 def test_every_op_runs_triton(device):
-    from adaptive_prune import _backend, ops
-
-    for name in ops.ALL_OPS:
-        assert _backend.active(name, device.type) == "triton", name
+    x = torch.ones(3, 4, device=device)
+    with adaptive_prune.backend("triton"):
+        for name in ops.ALL_OPS:
+            assert backends.serving(name, device.type, (x,))[0] == "triton", name
 
 
 CASES = {
@@ -83,62 +50,51 @@ PARAMS = [pytest.param(c, torch.float32, id=f"{c}-fp32") for c in CASES] + [
 ]
 
 
-@inner
 @pytest.mark.parametrize("case, dtype", PARAMS)
-def test_prune_matches_reference(device, monkeypatch, case, dtype):
-    import adaptive_prune
-    from adaptive_prune import adaptive
-
+def test_prune_matches_reference(device, case, dtype):
     kw = dict(CASES[case])
     x, cu = tokens([1, 60, 0, 83, 37, 5], dtype=dtype, device=device)
     if kw.pop("text", False):
         kw["text"] = tokens([9], seed=3, dtype=dtype, device=device)[0]
     kw.setdefault("keep_ratio", 0.25)
-    got = adaptive_prune.prune(x, cu, return_diagnostics=True, **kw)
-    monkeypatch.setattr(adaptive, "ops", reference_ops())
-    want = adaptive_prune.prune(x, cu, return_diagnostics=True, **kw)
+    with adaptive_prune.backend("triton"):
+        got = adaptive_prune.prune(x, cu, return_diagnostics=True, **kw)
+    with adaptive_prune.backend("reference"):
+        want = adaptive_prune.prune(x, cu, return_diagnostics=True, **kw)
     assert torch.equal(got.indices.cpu(), want.indices.cpu())
     assert torch.equal(got.diagnostics.budgets.cpu(), want.diagnostics.budgets.cpu())
     assert got.diagnostics.pool_size == want.diagnostics.pool_size
     assert got.diagnostics.candidates == want.diagnostics.candidates
 
 
-@inner
-def test_prune_batch_matches_reference(device, monkeypatch):
-    import adaptive_prune
-    from adaptive_prune import adaptive
-
+def test_prune_batch_matches_reference(device):
     x, cu = tokens([40, 1, 55, 0, 30, 70, 20], device=device)
     ro = torch.tensor([0, 2, 2, 5, 7])  # request 1 has no image
     t, _ = tokens([12], seed=4, device=device)
     texts = [t[:5], None, t[5:], None]  # request 3 has no text
     kw = dict(keep_ratio=[0.3, 0.5, 0.2, 1.0])  # the last request keeps everything
-    got = adaptive_prune.prune_batch(x, cu, ro, texts, **kw)
-    monkeypatch.setattr(adaptive, "ops", reference_ops())
-    want = adaptive_prune.prune_batch(x, cu, ro, texts, **kw)
+    with adaptive_prune.backend("triton"):
+        got = adaptive_prune.prune_batch(x, cu, ro, texts, **kw)
+    with adaptive_prune.backend("reference"):
+        want = adaptive_prune.prune_batch(x, cu, ro, texts, **kw)
     assert torch.equal(got.indices.cpu(), want.indices.cpu())
     assert torch.equal(got.per_image.cpu(), want.per_image.cpu())
 
 
-@inner
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # interpreter
 @pytest.mark.parametrize("where", ["vision", "text"])
 def test_non_finite_input_is_reported_after_stage_0(device, where):
     """The finiteness checks are read with the composition's one read, after the Triton
     budget-score kernels ran on the bad values: still the clear error, nothing hangs."""
-    import adaptive_prune
-
     x, cu = tokens([30, 0, 25], device=device)
     t = tokens([6], seed=3, device=device)[0]
     (x if where == "vision" else t)[4, 7] = float("nan")
     with pytest.raises(ValueError, match=f"{where} contains NaN or Inf values .first bad row: 4"):
-        adaptive_prune.prune(x, cu, t, keep_ratio=0.3)
+        with adaptive_prune.backend("triton"):
+            adaptive_prune.prune(x, cu, t, keep_ratio=0.3)
 
 
-@inner
 def test_opcheck_every_op(device):
-    from adaptive_prune import ops
-
     x, cu = tokens([7, 0, 20, 1], dim=32, device=device)
     t, _ = tokens([5], dim=32, seed=1, device=device)
     ro, to = torch.tensor([0, 2, 4]), torch.tensor([0, 2, 5])
@@ -155,5 +111,6 @@ def test_opcheck_every_op(device):
         "token_alignment": (x, pool, po, t, to, "mean", EPS),
         "pareto_select": (torch.rand(7, device=device), torch.rand(7, device=device), po, [2, 3]),
     }  # fmt: skip
-    for name, args in samples.items():
-        torch.library.opcheck(ops.ALL_OPS[name], args)
+    with adaptive_prune.backend("triton"):
+        for name, args in samples.items():
+            torch.library.opcheck(ops.ALL_OPS[name], args)

@@ -46,7 +46,7 @@ def tokens(counts, dim=64, seed=0, dtype=torch.float32, device="cuda"):
 
 def reference_ops():
     from adaptive_prune import ops
-    from adaptive_prune import reference as ref
+    from adaptive_prune.ops import reference as ref
 
     return types.SimpleNamespace(**{n: getattr(ref, n) for n in ops.ALL_OPS})
 
@@ -62,7 +62,7 @@ def test_triton_is_the_cuda_backend():
 @pytest.mark.parametrize("with_text", [False, True], ids=["no-text", "text"])
 def test_prune_on_cuda_matches_reference(monkeypatch, dtype, with_text):
     import adaptive_prune
-    from adaptive_prune import adaptive
+    from adaptive_prune.methods import adaptive
 
     x, cu = tokens([1, 60, 0, 83, 37, 5], dtype=dtype)
     text = tokens([9], seed=3, dtype=dtype)[0] if with_text else None
@@ -77,7 +77,7 @@ def test_prune_on_cuda_matches_reference(monkeypatch, dtype, with_text):
 
 def test_prune_batch_on_cuda_matches_reference(monkeypatch):
     import adaptive_prune
-    from adaptive_prune import adaptive
+    from adaptive_prune.methods import adaptive
 
     x, cu = tokens([40, 1, 55, 0, 30, 70, 20], dtype=torch.bfloat16)
     ro = torch.tensor([0, 2, 2, 5, 7])
@@ -114,7 +114,7 @@ def test_large_shape_stages_against_reference():
     from adaptive_prune.kernels.greedy_select import greedy_select_fwd
     from adaptive_prune.kernels.token_similarity import token_alignment_fwd
 
-    from adaptive_prune import reference as ref
+    from adaptive_prune.ops import reference as ref
 
     x, cu = tokens([576] * 16, dim=3584, dtype=torch.bfloat16)
     text = tokens([64], dim=3584, seed=9, dtype=torch.bfloat16)[0]
@@ -239,7 +239,6 @@ def test_torch_compile_prune():
     """``prune`` under Dynamo (graph breaks at its host syncs; the ops are opaque), and one op
     with ``fullgraph=True`` through inductor."""
     import adaptive_prune
-    from adaptive_prune import ops
 
     torch._dynamo.reset()
     x, cu = tokens([1, 60, 0, 83, 37, 5], dtype=torch.bfloat16)
@@ -250,7 +249,7 @@ def test_torch_compile_prune():
     budgets = torch.tensor([1, 20, 0, 40, 10, 2], device="cuda")
 
     def stage1(v, b):
-        return ops.greedy_select(v, cu, b, "maxmin", EPS)
+        return torch.ops.adaptive_prune.greedy_select(v, cu, b, "maxmin", EPS)
 
     want = stage1(x, budgets)
     got = torch.compile(stage1, fullgraph=True)(x, budgets)
@@ -273,7 +272,7 @@ def _count_syncs(fn) -> int:
 def test_host_syncs_of_the_composition(with_text, capsys):
     """docs/kernels.md: one sync in ``run_adaptive`` (rho -> B1 -> global_greedy's size)."""
     import adaptive_prune
-    from adaptive_prune import adaptive
+    from adaptive_prune.methods import adaptive
 
     x, cu = tokens([576] * 4, dim=256, dtype=torch.bfloat16)
     text = tokens([16], dim=256, seed=2, dtype=torch.bfloat16)[0] if with_text else None

@@ -1,7 +1,7 @@
-"""``python -m adaptive_prune info`` (or ``python -m adaptive_prune.info``): what is installed.
+"""``python -m adaptive_prune info``: what is installed.
 
 Prints versions, devices, which backends (reference, C++, Triton) are available (and why not),
-and which one each op will use on each device. Paste it into bug reports.
+and which one serves the ops on each device. Paste it into bug reports.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 def report() -> str:
     import adaptive_prune as ap
 
-    from . import _backend, ops
+    from .. import backends, ops
 
     lines = [f"adaptive_prune {ap.__version__}  ({os.path.dirname(ap.__file__)})"]
     lines.append(f"python {platform.python_version()}  {platform.platform()}")
@@ -42,23 +42,21 @@ def report() -> str:
             lines.append(f"cuda:{i}: {torch.cuda.get_device_name(i)}")
     else:
         lines.append("cuda: not available")
+    st = backends.status()
     lines.append("")
     lines.append("backends:")
     lines.append("  reference: available (pure PyTorch, every device)")
-    for name in ("cpp", "triton"):
-        if name in _backend.UNAVAILABLE:
-            lines.append(f"  {name}: unavailable ({_backend.UNAVAILABLE[name]})")
-        elif name == "cpp":
-            from . import _ext
-
-            st = _ext.status()
-            lines.append(
-                f"  cpp: available ({st['path']}, built against torch "
-                f"{st['built_against_torch']}, CPU {st['cpu_capability']})"
-            )
-        else:
-            lines.append(f"  {name}: available")
-    lines.append(f"  ADAPTIVE_PRUNE_BACKEND={_backend.requested()}")
+    cpp = st["cpp"]
+    if cpp["available"]:
+        lines.append(f"  cpp: available ({cpp.get('path')})")
+    else:
+        lines.append(f"  cpp: UNAVAILABLE: {cpp['reason']}")
+    tri = st["triton"]
+    why = backends.unavailable("triton")
+    lines.append(
+        f"  triton: available (triton {tri.get('version')})" if why is None else f"  triton: {why}"
+    )
+    lines.append(f"  {backends.ENV_VAR}={st['env'] or ''} (process default: {backends.default()})")
     env = {
         k: v
         for k, v in os.environ.items()
@@ -67,11 +65,9 @@ def report() -> str:
     for k, v in sorted(env.items()):
         lines.append(f"  env {k}={v}")
     lines.append("")
-    lines.append(f"{'op':<20}{'cpu':<12}{'cuda':<12}")
-    for name in ops.ALL_OPS:
-        lines.append(
-            f"{name:<20}{_backend.active(name, 'cpu'):<12}{_backend.active(name, 'cuda'):<12}"
-        )
+    lines.append("backend serving the ops (" + ", ".join(ops.ALL_OPS) + "):")
+    for dev in ("cpu", "cuda"):
+        lines.append(f"  {dev} tensors: {st['auto'][dev]}")
     lines.append("")
     lines.append(f"methods: {', '.join(sorted(ap.METHODS))}")
     return "\n".join(lines)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import reference
-from .data import load_fixture
-from .functional import prune
-from .methods import METHODS
+from ..api import prune
+from ..data import load_fixture
+from ..methods import METHODS
+from ..ops import reference
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -50,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "adaptive_prune.hf needs Hugging Face transformers: pip install 'adaptive_prune[hf]'"
     ) from exc
 
-from . import _hf_models as M
+from . import models as M
 
 __all__ = ["attach", "PruneHandle", "SUPPORTED_MODELS", "TESTED_TRANSFORMERS"]
 

@@ -8,8 +8,9 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from . import _checks as C
-from .adaptive import Diagnostics, _dev
+from ._tensors import segment_ids, to_device
 from .methods import get_method
+from .methods.adaptive import Diagnostics
 
 __all__ = ["PruneResult", "BatchPruneResult", "prune", "prune_batch"]
 
@@ -21,7 +22,7 @@ class PruneResult:
     - ``indices [B]`` int64: kept rows of ``vision``, sorted ascending, on ``vision``'s device.
     - ``per_image [n]`` int64: kept count of every image.
     - ``mask [N]`` bool: ``mask[indices] == True``.
-    - ``diagnostics``: :class:`~adaptive_prune.adaptive.Diagnostics` (adaptive method with
+    - ``diagnostics``: :class:`~adaptive_prune.Diagnostics` (adaptive method with
       ``return_diagnostics=True``), else None.
     """
 
@@ -189,12 +190,12 @@ def prune_batch(
         )
     mask = torch.zeros(N, dtype=torch.bool, device=dev)
     mask[kept] = True
-    img = torch.repeat_interleave(torch.arange(n, device=dev), _dev(counts, dev), output_size=N)
+    img = segment_ids(counts, dev, N)
     per_image = torch.zeros(n, dtype=torch.int64, device=dev).index_add_(
         0, img[kept], torch.ones_like(kept)
     )
     _check_result(method, kept, mask, per_image, budgets, counts, q)
-    b_t = _dev(budgets, dev)
+    b_t = to_device(budgets, dev)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), torch.cumsum(b_t, 0)])
     return BatchPruneResult(kept, offsets, b_t, per_image, mask, diags)
 
@@ -205,7 +206,7 @@ def _check_result(method, kept, mask, per_image, budgets, counts, q) -> None:
     A violation is a bug in the method, never the user's fault: fail loudly, not silently.
     """
     total = sum(budgets)
-    need = _dev([min(q, m) for m in counts], per_image.device)
+    need = to_device([min(q, m) for m in counts], per_image.device)
     unique, starved = torch.stack([mask.sum(), (per_image < need).sum()]).tolist()  # one sync
     if kept.numel() != total or unique != total:
         raise RuntimeError(

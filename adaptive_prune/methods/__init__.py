@@ -45,3 +45,7 @@ def get_method(name: Any) -> Method:
     if not isinstance(name, str) or name not in METHODS:
         raise ValueError(f"unknown method={name!r}; available methods: {sorted(METHODS)}")
     return METHODS[name]
+
+
+# the methods register themselves on import
+from . import adaptive, baselines  # noqa: E402, F401

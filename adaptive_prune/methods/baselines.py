@@ -48,14 +48,14 @@ kernel's rank is exhausted: it fills the rest of the budget by max-min distance.
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 
-from . import _checks as C
-from .methods import Method, register_method
-from .reference import compute_dtype, normalize
+from .. import _checks as C
+from .._tensors import starts as _starts
+from ..ops._common import compute_dtype, greedy_order, normalize, water_fill
+from . import Method, register_method
 
 __all__ = ["proportional_budgets", "BASELINES"]
 
@@ -70,22 +70,6 @@ _DPP_GAIN_FLOOR = 1e-9
 
 
 # --------------------------------------------------------------------------------------------
-# Option validators
-# --------------------------------------------------------------------------------------------
-def _int_at_least(lo: int) -> Callable[[Any], Optional[str]]:
-    def check(v: Any) -> Optional[str]:
-        ok = isinstance(v, Integral) and not isinstance(v, bool) and int(v) >= lo
-        return None if ok else f"an int >= {lo}"
-
-    return check
-
-
-def _unit_interval(v: Any) -> Optional[str]:
-    ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 1
-    return None if ok else "a number in (0, 1]"
-
-
-# --------------------------------------------------------------------------------------------
 # Budgets and shared greedy kernels
 # --------------------------------------------------------------------------------------------
 def proportional_budgets(counts: list[int], budget: int, min_per_image: int) -> list[int]:
@@ -97,45 +81,13 @@ def proportional_budgets(counts: list[int], budget: int, min_per_image: int) -> 
     Fractional parts are rounded by largest remainder, ties to the lower image index.
     Requires ``sum_k min(q, m_k) <= budget <= sum_k m_k`` (checked by the public API).
     """
-    n = len(counts)
     mins = [min(min_per_image, m) for m in counts]
     if budget < sum(mins) or budget > sum(counts):
         raise ValueError(
             f"budget {budget} must lie between the sum of minimums {sum(mins)} and the number "
             f"of tokens {sum(counts)}"
         )
-    at_min: set[int] = set()
-    while True:
-        free = [k for k in range(n) if k not in at_min and counts[k] > 0]
-        rest = budget - sum(mins[k] for k in at_min)
-        total = sum(counts[k] for k in free)
-        ratio = rest / total if total else 0.0
-        low = [k for k in free if counts[k] * ratio < mins[k]]
-        if not low:
-            break
-        at_min.update(low)
-    share = [float(mins[k]) if k in at_min else counts[k] * ratio for k in range(n)]
-    floors = [min(int(math.floor(s + 1e-9)), counts[k]) for k, s in enumerate(share)]
-    missing = budget - sum(floors)
-    order = sorted(
-        (k for k in range(n) if floors[k] < counts[k]), key=lambda k: (-(share[k] - floors[k]), k)
-    )
-    for k in order[: max(missing, 0)]:
-        floors[k] += 1
-    # Only reachable through float round-off: give what is still missing to images with room.
-    k = 0
-    while sum(floors) < budget and k < n:
-        add = min(counts[k] - floors[k], budget - sum(floors))
-        floors[k] += add
-        k += 1
-    return floors
-
-
-def _starts(counts: list[int]) -> list[int]:
-    out = [0]
-    for c in counts:
-        out.append(out[-1] + c)
-    return out
+    return water_fill([float(m) for m in counts], mins, list(counts), budget)
 
 
 class _Similarity:
@@ -178,15 +130,8 @@ def _maxmin_order(xh: torch.Tensor, k: int, first: Optional[int] = None) -> list
     if first is None:
         first = int(torch.argmin(sim.nearest_neighbour_sim())) if N > 1 else 0
     picked = torch.zeros(N, dtype=torch.bool, device=xh.device)
-    order = [first]
     picked[first] = True
-    acc = 1.0 - sim.row(first)
-    for _ in range(k - 1):
-        j = int(torch.argmax(acc.masked_fill(picked, -math.inf)))
-        order.append(j)
-        picked[j] = True
-        acc = torch.minimum(acc, 1.0 - sim.row(j))
-    return order
+    return [first] + greedy_order(1.0 - sim.row(first), picked, k - 1, lambda j: 1.0 - sim.row(j))
 
 
 def _divprune_rows(x: torch.Tensor, k: int) -> list[int]:
@@ -441,19 +386,12 @@ def cdpruner_rows(xh: torch.Tensor, r: torch.Tensor, b: int) -> list[int]:
 
 def _continue_maxmin(xh: torch.Tensor, start: list[int], b: int) -> list[int]:
     """Extend ``start`` to ``b`` unique rows by max-min cosine distance (ties: lower index)."""
-    N = xh.shape[0]
-    picked = torch.zeros(N, dtype=torch.bool, device=xh.device)
-    out = list(start)
-    if not out:
+    if not start:
         return _maxmin_order(xh, b)
-    picked[out] = True
-    acc = (1.0 - xh @ xh[out].T).min(dim=1).values
-    while len(out) < b:
-        j = int(torch.argmax(acc.masked_fill(picked, -math.inf)))
-        out.append(j)
-        picked[j] = True
-        acc = torch.minimum(acc, 1.0 - xh @ xh[j])
-    return out
+    picked = torch.zeros(xh.shape[0], dtype=torch.bool, device=xh.device)
+    picked[start] = True
+    acc = (1.0 - xh @ xh[start].T).min(dim=1).values
+    return list(start) + greedy_order(acc, picked, b - len(start), lambda j: 1.0 - xh @ xh[j])
 
 
 def select_cdpruner(vision, counts, text, budget, q, options) -> torch.Tensor:
@@ -501,15 +439,9 @@ def maxsum_rows(xh: torch.Tensor, b: int) -> list[int]:
     colsum = sim.full.sum(1) if sim.full is not None else xh @ xh.sum(0)
     j = int(torch.argmin(colsum))
     picked = torch.zeros(N, dtype=torch.bool, device=xh.device)
-    out = [j]
     picked[j] = True
-    acc = 1.0 - sim.row(j)
-    for _ in range(b - 1):
-        j = int(torch.argmax(acc.masked_fill(picked, -math.inf)))
-        out.append(j)
-        picked[j] = True
-        acc = acc + (1.0 - sim.row(j))
-    return out
+    rest = greedy_order(1.0 - sim.row(j), picked, b - 1, lambda i: 1.0 - sim.row(i), torch.add)
+    return [j] + rest
 
 
 def trimtokenator_rows(
@@ -542,7 +474,7 @@ def select_trimtokenator(vision, counts, text, budget, q, options) -> torch.Tens
 BASELINES = (
     Method(
         name="random",
-        options={"seed": (0, _int_at_least(0))},
+        options={"seed": (0, C.int_at_least(0))},
         select=select_random,
         description="uniformly random tokens (seeded), minimums first",
     ),
@@ -567,8 +499,8 @@ BASELINES = (
     Method(
         name="dart",
         options={
-            "pivots": (4, _int_at_least(1)),
-            "text_pivots": (4, _int_at_least(0)),
+            "pivots": (4, C.int_at_least(1)),
+            "text_pivots": (4, C.int_at_least(0)),
             "norm": ("l1", C.one_of("l1", "l2")),
         },
         select=select_dart,
@@ -587,7 +519,7 @@ BASELINES = (
     ),
     Method(
         name="trimtokenator",
-        options={"stage1_ratio": (0.8, _unit_interval)},
+        options={"stage1_ratio": (0.8, C.positive_fraction)},
         select=select_trimtokenator,
         text_aware=True,
         description="TrimTokenator: L2 text-alignment filter, then max-sum greedy per image",

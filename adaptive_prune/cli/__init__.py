@@ -1,0 +1,1 @@
+"""Command-line tools: ``python -m adaptive_prune demo`` and ``info``."""

@@ -1,0 +1,1 @@
+"""Integrations with model runtimes: Hugging Face transformers (:mod:`.hf`) and vLLM."""

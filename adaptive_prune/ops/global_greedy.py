@@ -1,0 +1,80 @@
+"""Op ``adaptive_prune::global_greedy`` (stage 2 filter): a max-min greedy over each request's
+pool that records every pick's gain. Definition, fake and reference."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._common import bounds, compute_dtype, greedy_order, normalize
+
+
+def _distance_row(xh: torch.Tensor):
+    return lambda j: 1.0 - xh @ xh[j]
+
+
+def reference(
+    vision: torch.Tensor,
+    pool: torch.Tensor,
+    pool_offsets: torch.Tensor,
+    reserved: torch.Tensor,
+    num_picks: list[int],
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max-min greedy over each request's pool, starting from its reserved tokens.
+
+    ``pool [K]`` are rows of ``vision``; request ``r`` owns pool positions
+    ``pool_offsets[r]:pool_offsets[r+1]``. Returns ``order [sum P]`` (global pool positions) and
+    ``gains [sum P]``: for request ``r`` the first entries are its reserved positions in pool
+    order (gain ``+inf``), followed by greedy picks (argmax over unpicked of the min cosine
+    distance to the picked set, ties to the lower pool position) until ``P_r = num_picks[r]``
+    entries; each pick's gain is that min distance at the moment it was picked.
+    """
+    po = bounds(pool_offsets)
+    cd = compute_dtype(vision.dtype)
+    orders, gains = [], []
+    for r in range(len(po) - 1):
+        a, e, P = po[r], po[r + 1], int(num_picks[r])
+        res = torch.nonzero(reserved[a:e]).flatten()
+        nres = int(res.numel())
+        o = res.tolist()
+        g = [math.inf] * nres
+        if P > nres:
+            xh = normalize(vision[pool[a:e]], eps)
+            if nres:
+                acc = (1.0 - xh @ xh[res].T).min(dim=1).values
+            else:  # no start set: the first pick is position 0 (callers always reserve one)
+                acc = torch.full((e - a,), math.inf, dtype=cd, device=vision.device)
+            o += greedy_order(acc, reserved[a:e].clone(), P - nres, _distance_row(xh), gains=g)
+        orders.append(torch.tensor(o[:P], dtype=torch.int64) + a)
+        gains.append(torch.tensor(g[:P], dtype=torch.float32))
+    dev = vision.device
+    order = torch.cat(orders) if orders else torch.zeros(0, dtype=torch.int64)
+    gain = torch.cat(gains) if gains else torch.zeros(0, dtype=torch.float32)
+    return order.to(dev), gain.to(dev)
+
+
+@torch.library.custom_op("adaptive_prune::global_greedy", mutates_args=())
+def global_greedy(
+    vision: torch.Tensor,
+    pool: torch.Tensor,
+    pool_offsets: torch.Tensor,
+    reserved: torch.Tensor,
+    num_picks: list[int],
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 2 filter. ``(order [sum P] int64 pool positions, gains [sum P] float32)``."""
+    return reference(vision, pool, pool_offsets, reserved, num_picks, eps)
+
+
+@global_greedy.register_fake
+def _(vision, pool, pool_offsets, reserved, num_picks, eps):
+    total = sum(num_picks)
+    return (
+        vision.new_empty((total,), dtype=torch.int64),
+        vision.new_empty((total,), dtype=torch.float32),
+    )
+
+
+op = global_greedy

@@ -1,0 +1,61 @@
+"""Op ``adaptive_prune::greedy_select`` (stage 1): the greedy pick order inside every image.
+Definition, fake and reference."""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import bounds, greedy_order, normalize
+
+
+def reference(
+    vision: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    budgets: torch.Tensor,
+    mode: str,
+    eps: float,
+) -> torch.Tensor:
+    """Greedy pick order inside every image. Returns ``rank [N]`` int64.
+
+    ``rank[i]`` is the step at which token ``i`` was picked inside its image, or -1. Image ``k``
+    picks ``budgets[k]`` tokens. First pick: ``argmax_i x̂_i . mu_k``. Then ``mode="maxmin"``
+    picks ``argmax over unpicked i of min over picked j of (1 - x̂_i.x̂_j)``; ``mode="maxsum"``
+    picks ``argmax of the sum`` of those distances. Ties to the lower index.
+    """
+    cu = bounds(cu_seqlens)
+    bud = [int(v) for v in budgets.tolist()]
+    rank = torch.full((vision.shape[0],), -1, dtype=torch.int64, device=vision.device)
+    combine = torch.minimum if mode == "maxmin" else torch.add
+    for k in range(len(cu) - 1):
+        a, e = cu[k], cu[k + 1]
+        m, b = e - a, min(bud[k], e - a)
+        if b <= 0:
+            continue
+        xh = normalize(vision[a:e], eps)
+        s = xh.sum(0)
+        mu = s / s.norm().clamp_min(eps)
+        dist = 1.0 - xh @ xh.T  # [m, m]
+        picked = torch.zeros(m, dtype=torch.bool, device=vision.device)
+        first = int(torch.argmax(xh @ mu))
+        picked[first] = True
+        order = [first] + greedy_order(
+            dist[first].clone(), picked, b - 1, dist.__getitem__, combine
+        )
+        rank[a + torch.tensor(order, device=vision.device)] = torch.arange(b, device=vision.device)
+    return rank
+
+
+@torch.library.custom_op("adaptive_prune::greedy_select", mutates_args=())
+def greedy_select(
+    vision: torch.Tensor, cu_seqlens: torch.Tensor, budgets: torch.Tensor, mode: str, eps: float
+) -> torch.Tensor:
+    """Stage 1. ``rank [N]`` int64: pick step of each token inside its image, -1 if unpicked."""
+    return reference(vision, cu_seqlens, budgets, mode, eps)
+
+
+@greedy_select.register_fake
+def _(vision, cu_seqlens, budgets, mode, eps):
+    return vision.new_empty((vision.shape[0],), dtype=torch.int64)
+
+
+op = greedy_select

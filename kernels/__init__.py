@@ -5,14 +5,16 @@ One op per module, each with a private ``_<op>_kernel`` (plus helpers) and a pub
 
 - :mod:`.budget_scores`    stage 0: norms, per-image sums, image similarity, multiplicity, att
 - :mod:`.allocate_budgets` per-image budgets (water-filling + largest remainder)
+- :mod:`.token_alignment`  mean/max cosine of selected tokens to their request's text
 - :mod:`.token_similarity` tiled cosine similarity: per-segment blocks and row reductions
-  (text alignment, cross-image redundancy, nearest neighbour)
+  (shared by the alignment and the greedy kernels)
 - :mod:`.greedy_select`    stage 1: one program per image runs the whole greedy loop
 - :mod:`.global_greedy`    stage 2 filter: one program per request, gains recorded
 - :mod:`.pareto_select`    fronts, crowding distance and the exact-k cut
 
 :mod:`._compile_check` compiles every launch configuration for an NVIDIA arch without a GPU
-(``python -m adaptive_prune.kernels._compile_check``). :mod:`adaptive_prune._triton_ops`
-registers the launchers as the ``cuda`` kernels of the
-``adaptive_prune::*`` ops. See docs/kernels.md.
+(``python -m adaptive_prune.kernels._compile_check``). :mod:`adaptive_prune.backends.triton`
+finds every launcher by that naming rule and serves the ``adaptive_prune::*`` ops with them;
+a launcher raises :class:`._common.Unsupported` for an input its kernel does not take (the
+routing then runs the reference). See docs/kernels.md.
 """

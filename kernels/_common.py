@@ -1,7 +1,7 @@
 """Shared pieces of the Triton kernels: interpreter flag, launch configs, host-side schedules,
 host/device transfers that never synchronise, and small ``@triton.jit`` helpers.
 
-Conventions of every kernel in this package (see ../shared/CONVENTIONS.md):
+Conventions of every kernel in this package (docs/kernels.md):
 
 - Variable-length segments (images, requests, pools) follow the ``cu_seqlens`` convention: a
   segment ``g`` owns rows ``off[g]:off[g+1]``. The launcher reads the offsets **on the host**
@@ -48,6 +48,13 @@ MAX_REG_BLOCK = 8192
 # picks per round from an on-chip ``L x L`` sub-block. 0 runs the one-pick-per-step loops
 # instead (same outputs). Power of two.
 DEFAULT_WINDOW = 64
+
+
+class Unsupported(Exception):
+    """Raised by a launcher for an input its kernel does not take (the routing layer then runs
+    the reference instead); the message says why."""
+
+
 # The most memory (MiB) one launch's fp32 similarity blocks may take (see block_groups).
 DEFAULT_BLOCK_BUDGET_MB = 2048
 

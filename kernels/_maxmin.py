@@ -29,9 +29,7 @@ gains, bit for bit**, with far fewer dependent round trips, by taking many steps
    next round's select. So a round costs at most 6 passes over ``acc`` (4 digits, compaction,
    update; typically 3-4 digits), not one pass per pick.
 
-Measured on the real 16 x 576 speed inputs (keep 25 %, the default pool of 9216 tokens,
-``benchmarks/greedy_rounds.py``): 9200 sequential steps become 169 rounds with ``L = 64``;
-every image's 575 stage-1 steps after the first pick become at most 19 rounds.
+How many rounds that takes on real inputs: ``benchmarks/greedy_rounds.py`` and docs/kernels.md.
 
 Used by :mod:`.greedy_select` (stage 1, max-min mode) and :mod:`.global_greedy` (stage 2).
 """

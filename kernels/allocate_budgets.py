@@ -21,7 +21,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import empty, host_ints, next_pow2, pack, set_device, sizes_of, upload
+from ._common import (
+    Unsupported,
+    empty,
+    host_ints,
+    next_pow2,
+    pack,
+    set_device,
+    sizes_of,
+    upload,
+)
 
 MAX_IMAGES_PER_REQUEST = 16384
 
@@ -92,8 +101,8 @@ def allocate_budgets_fwd(
         return out
     max_nr = max(sizes_of(ro))
     BN = max(16, next_pow2(max_nr))
-    if max_nr > MAX_IMAGES_PER_REQUEST:  # the routing layer sends such calls to the reference
-        raise ValueError(
+    if max_nr > MAX_IMAGES_PER_REQUEST:  # the routing layer runs the reference instead
+        raise Unsupported(
             f"allocate_budgets_fwd: a request has {max_nr} images; the kernel takes at most "
             f"{MAX_IMAGES_PER_REQUEST} per request"
         )

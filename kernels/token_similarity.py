@@ -400,22 +400,4 @@ def token_similarity_fwd(
     return out
 
 
-def token_alignment_fwd(
-    vision: torch.Tensor,
-    rows: torch.Tensor,
-    row_offsets: torch.Tensor,
-    text: torch.Tensor,
-    text_offsets: torch.Tensor,
-    reduce: str,
-    eps: float,
-) -> torch.Tensor:
-    """``adaptive_prune::token_alignment`` on the device: ``a [K]`` fp32, the mean (or max) of
-    ``cos(vision[rows[i]], t)`` over the text rows ``t`` of ``i``'s request; 0 without text."""
-    if reduce not in ("mean", "max"):
-        raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
-    return token_similarity_fwd(
-        vision, row_offsets, text, text_offsets, reduce, eps, q_rows=rows, empty_value=0.0
-    )
-
-
-__all__ = ["similarity_blocks", "token_similarity_fwd", "token_alignment_fwd", "MODES"]
+__all__ = ["similarity_blocks", "token_similarity_fwd", "MODES"]

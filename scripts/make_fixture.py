@@ -2,7 +2,7 @@
 
 Usage::
 
-    python adaptive_prune/data/make_fixture.py [--out DIR]
+    python scripts/make_fixture.py [--out DIR]
 
 Provenance
 ----------
@@ -82,7 +82,7 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 THUMB = 112
 MAX_BYTES = 8 * 1024 * 1024
-DEFAULT_OUT = Path(__file__).resolve().parent
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "adaptive_prune" / "data"
 
 # (name, kind, side in px). Both resolutions occur within every kind.
 FIXTURE_IMAGES = [

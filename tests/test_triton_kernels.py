@@ -27,9 +27,9 @@ from adaptive_prune.kernels.budget_scores import budget_scores_fwd  # noqa: E402
 from adaptive_prune.kernels.global_greedy import global_greedy_fwd  # noqa: E402
 from adaptive_prune.kernels.greedy_select import greedy_select_fwd  # noqa: E402
 from adaptive_prune.kernels.pareto_select import pareto_select_fwd  # noqa: E402
+from adaptive_prune.kernels.token_alignment import token_alignment_fwd  # noqa: E402
 from adaptive_prune.kernels.token_similarity import (  # noqa: E402
     similarity_blocks,
-    token_alignment_fwd,
     token_similarity_fwd,
 )
 

@@ -3,15 +3,25 @@
 Interface used by :mod:`adaptive_prune.backends`: :func:`unavailable`, :func:`table` (op name ->
 implementation with the public op's signature plus the knobs ``greedy_window`` and
 ``block_budget_mb``) and :func:`status`. Importing this module does not import Triton; the
-kernel modules load on the first call of :func:`table`. The kernels never import the package:
-what they cannot serve (float64 inputs, empty inputs) is routed to the reference before they
-are called.
+kernel modules load on the first call of :func:`table`.
+
+The table is built by one loop over the ops: op ``X`` is served by ``adaptive_prune.kernels.X``'s
+launcher ``X_fwd``. Knobs reach the launchers that take them (``greedy_window`` is their
+``window`` argument). A launcher raises ``kernels._common.Unsupported`` for an input its kernel
+does not take; the op then runs the reference. The kernels never import the package.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import inspect
 from typing import Any, Callable, Optional
+
+from .. import ops
+
+# knob name -> launcher argument name
+KNOB_ARGS = {"greedy_window": "window", "block_budget_mb": "block_budget_mb"}
 
 _STATE: dict[str, Any] = {}
 
@@ -24,45 +34,39 @@ def unavailable() -> Optional[str]:
             try:
                 table()
             except Exception as exc:  # noqa: BLE001 (any failure to load the kernels)
-                _STATE["reason"] = (
-                    f"the Triton kernels failed to load ({type(exc).__name__}: {exc})"
-                )
+                why = f"{type(exc).__name__}: {exc}"
+                _STATE["reason"] = f"the Triton kernels failed to load ({why})"
             else:
                 _STATE["reason"] = None
     return _STATE["reason"]
 
 
+def _serve(name: str, fwd: Callable, unsupported: type) -> Callable:
+    takes = set(inspect.signature(fwd).parameters)
+    reference = ops.REFERENCE[name]
+
+    def impl(*args, **knobs):
+        kw = {KNOB_ARGS[k]: v for k, v in knobs.items() if KNOB_ARGS[k] in takes}
+        try:
+            return fwd(*args, **kw)
+        except unsupported:
+            return reference(*args)
+
+    impl.__name__ = impl.__qualname__ = f"triton_{name}"
+    return impl
+
+
 def table() -> dict[str, Callable]:
-    if "table" in _STATE:
-        return _STATE["table"]
-    from .. import ops
-    from ..kernels.allocate_budgets import MAX_IMAGES_PER_REQUEST, allocate_budgets_fwd
-    from ..kernels.budget_scores import budget_scores_fwd
-    from ..kernels.global_greedy import global_greedy_fwd
-    from ..kernels.greedy_select import greedy_select_fwd
-    from ..kernels.pareto_select import pareto_select_fwd
-    from ..kernels.token_similarity import token_alignment_fwd
-
-    def greedy(fwd: Callable) -> Callable:
-        def impl(*args, greedy_window: Optional[int] = None, block_budget_mb=None):
-            return fwd(*args, window=greedy_window, block_budget_mb=block_budget_mb)
-
-        return impl
-
-    def allocate_budgets(weights, caps, mins, req_offsets, totals):
-        sizes = (req_offsets[1:] - req_offsets[:-1]).tolist() if req_offsets.numel() > 1 else []
-        if max(sizes, default=0) > MAX_IMAGES_PER_REQUEST:  # one register block per request
-            return ops.REFERENCE["allocate_budgets"](weights, caps, mins, req_offsets, totals)
-        return allocate_budgets_fwd(weights, caps, mins, req_offsets, totals)
-
-    _STATE["table"] = {
-        "budget_scores": budget_scores_fwd,
-        "allocate_budgets": allocate_budgets,
-        "greedy_select": greedy(greedy_select_fwd),
-        "global_greedy": greedy(global_greedy_fwd),
-        "token_alignment": token_alignment_fwd,
-        "pareto_select": pareto_select_fwd,
-    }
+    if "table" not in _STATE:
+        common = importlib.import_module("adaptive_prune.kernels._common")
+        _STATE["table"] = {
+            name: _serve(
+                name,
+                getattr(importlib.import_module(f"adaptive_prune.kernels.{name}"), f"{name}_fwd"),
+                common.Unsupported,
+            )
+            for name in ops.ALL_OPS
+        }
     return _STATE["table"]
 
 

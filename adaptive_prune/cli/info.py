@@ -69,7 +69,10 @@ def report() -> str:
     for dev in ("cpu", "cuda"):
         lines.append(f"  {dev} tensors: {st['auto'][dev]}")
     lines.append("")
-    lines.append(f"methods: {', '.join(sorted(ap.METHODS))}")
+    lines.append("methods (prune(..., method=NAME)):")
+    for name in sorted(ap.METHODS):
+        m = ap.METHODS[name]
+        lines.append(f"  {name:<16}{'text-aware ' if m.text_aware else ''}{m.description}")
     return "\n".join(lines)
 
 

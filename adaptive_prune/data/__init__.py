@@ -4,8 +4,8 @@
 ``tokens[cu_seqlens[i]:cu_seqlens[i+1]]`` on a ``grid_hw[i]`` patch grid (256 or 576 tokens,
 dim 384, float16); ``thumbs[i]`` is the exact crop the model saw, and ``query_tokens`` is an
 exemplar query made from a different view of ``query_source``. The features are not
-text-aligned. See ``make_fixture.py`` (run with the tooling venv) for provenance, licences
-and the full key list.
+text-aligned. ``scripts/make_fixture.py`` in the repository (run with the tooling venv)
+records the provenance, the licences and the full key list.
 """
 
 from __future__ import annotations

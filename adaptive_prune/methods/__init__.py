@@ -8,7 +8,7 @@ so that unknown options and bad values are rejected before any work is done.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -26,7 +26,6 @@ class Method:
     batched: Optional[Callable[..., Any]] = None
     text_aware: bool = False
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 METHODS: dict[str, Method] = {}

@@ -1,7 +1,7 @@
 """Baseline pruners in the same API as the adaptive method (``prune(..., method=NAME)``).
 
-Each baseline is re-implemented from its paper's description (``research/peers.md`` records
-how the published code behaves and where it breaks); no code was copied. Every one returns
+Each baseline is re-implemented from its paper's description (``docs/quality.md`` says
+how the published code behaves and where ours differs); no code was copied. Every one returns
 exactly ``B`` unique rows through :func:`adaptive_prune.prune` and honours ``min_per_image``.
 
 =================== ==========================================================================

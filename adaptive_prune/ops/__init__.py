@@ -13,23 +13,15 @@ over images, ``text_offsets [R+1]`` over text rows (see :mod:`adaptive_prune.ops
 
 from __future__ import annotations
 
-from . import (
-    allocate_budgets,
-    budget_scores,
-    global_greedy,
-    greedy_select,
-    pareto_select,
-    token_alignment,
-)
+import importlib
+import pkgutil
 
-_MODULES = (
-    budget_scores,
-    allocate_budgets,
-    greedy_select,
-    global_greedy,
-    token_alignment,
-    pareto_select,
-)
+# every public module of this package except the re-export module defines one op
+_MODULES = [
+    importlib.import_module(f"{__name__}.{info.name}")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name)
+    if not info.name.startswith("_") and info.name != "reference"
+]
 
 # op name -> the public custom op (also ``torch.ops.adaptive_prune.<name>``)
 ALL_OPS = {m.op._qualname.split("::")[1]: m.op for m in _MODULES}

@@ -8,24 +8,11 @@ Triton backends must reproduce exactly on tie-free inputs (docs/METHOD.md).
 
 from __future__ import annotations
 
+from . import REFERENCE
 from ._common import compute_dtype, normalize
-from .allocate_budgets import reference as allocate_budgets
-from .budget_scores import reference as budget_scores
-from .global_greedy import reference as global_greedy
-from .greedy_select import reference as greedy_select
 from .pareto_select import crowding_distance, nondominated_fronts
-from .pareto_select import reference as pareto_select
-from .token_alignment import reference as token_alignment
 
-__all__ = [
-    "compute_dtype",
-    "normalize",
-    "budget_scores",
-    "allocate_budgets",
-    "greedy_select",
-    "global_greedy",
-    "token_alignment",
-    "pareto_select",
-    "crowding_distance",
-    "nondominated_fronts",
-]
+# one name per op: ``reference.<op>(...)``
+globals().update(REFERENCE)
+
+__all__ = ["compute_dtype", "normalize", "crowding_distance", "nondominated_fronts", *REFERENCE]

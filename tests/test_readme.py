@@ -1,0 +1,48 @@
+"""The README's claims that code can check: the adaptive options table equals the defaults in
+the code, and every environment variable the package reads is in the README's table."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from adaptive_prune.methods.adaptive import OPTIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _table_after(heading: str) -> list[list[str]]:
+    """Rows (cells stripped) of the first Markdown table after ``heading``."""
+    rest = README[README.index(heading) :]
+    rows = []
+    for line in rest.splitlines():
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif rows:
+            break
+    return rows[2:]  # skip the header and the separator
+
+
+def test_readme_adaptive_defaults_equal_the_code():
+    rows = _table_after('Options of `method="adaptive"`')
+    documented = {r[0].strip("`"): ast.literal_eval(r[1].strip("`")) for r in rows}
+    assert documented == {name: default for name, (default, _) in OPTIONS.items()}
+
+
+def test_every_environment_variable_is_documented():
+    used = set()
+    sources = [*(ROOT / "adaptive_prune").rglob("*.py"), *(ROOT / "tests").glob("*.py")]
+    for path in [*sources, ROOT / "setup.py"]:
+        used |= set(
+            re.findall(
+                r"(?:os\.environ(?:\.get)?[(\[]|os\.getenv\()\s*\"(ADAPTIVE_PRUNE_[A-Z_]+)\"",
+                path.read_text(),
+            )
+        )
+        used |= set(re.findall(r"ENV_VAR = \"(ADAPTIVE_PRUNE_[A-Z_]+)\"", path.read_text()))
+    documented = {r[0].strip("`") for r in _table_after("| environment variable |")}
+    assert used, "no environment variable found: the scan is broken"
+    assert used <= documented, sorted(used - documented)
+    assert documented <= used | {"TRITON_INTERPRET"}, sorted(documented - used)

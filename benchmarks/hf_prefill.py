@@ -2,7 +2,7 @@
 
 Random weights built from configs (nothing is downloaded). For every config it runs one plain
 prefill (``model(**inputs, logits_to_keep=1)``, what ``generate`` does first) without the
-integration, then with ``adaptive_prune.hf.attach`` at each keep ratio, and reports the
+integration, then with ``adaptive_prune.integrations.hf.attach`` at each keep ratio, and reports the
 language model's prefill length, the whole prefill time (vision encoder included), the language
 model's share and the pruning overhead (selection + gather, inside the LM pre-hook).
 

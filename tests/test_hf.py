@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 import adaptive_prune  # noqa: E402
 import adaptive_prune.integrations.hf as aphf  # noqa: E402
+from adaptive_prune.integrations.hf import layout  # noqa: E402
 
 TOL = 1e-5
 V, PAD, BOS, EOS = 200, 0, 1, 2
@@ -704,6 +705,35 @@ def test_pruner_inputs(model, monkeypatch):
         assert calls[0][1] == [0, 4, 12]
 
 
+@pytest.mark.parametrize("model", ["qwen2_5_vl"], indirect=True)
+def test_text_exclude_ids_forms(model, monkeypatch):
+    """Any collection of ints (list, tuple, set, range, generator, 1-D int tensor) is accepted
+    and leaves those ids out of the text given to the pruner."""
+    texts = []
+    real_prune = adaptive_prune.prune_batch
+
+    def spy(vision, cu, ro, text=None, **kw):
+        texts.append(text)
+        return real_prune(vision, cu, ro, text, **kw)
+
+    monkeypatch.setattr(adaptive_prune, "prune_batch", spy)
+    inp = _inputs(model)
+    ids, m = inp["input_ids"], inp["attention_mask"].bool()
+    special = torch.tensor([IMG, VID, VS, VE, PAD, BOS, EOS])
+    t = int(ids[0][m[0] & ~torch.isin(ids[0], special)][0])  # a text token of sample 0
+    emb = model.get_input_embeddings()
+    forms = [[t], (t,), {t}, range(t, t + 1), (x for x in [t]), torch.tensor([t])]
+    for form in forms:
+        texts.clear()
+        with torch.no_grad(), aphf.attach(model, keep_ratio=0.5, text_exclude_ids=form):
+            model(**inp)
+        out = torch.cat([special, torch.tensor([t])])
+        for i, text in enumerate(texts[0]):
+            want = ids[i][m[i] & ~torch.isin(ids[i], out)]
+            assert torch.equal(text, emb(want))
+        assert texts[0][0].shape[0] < int((m[0] & ~torch.isin(ids[0], special)).sum())
+
+
 @pytest.mark.parametrize("model", ["qwen2_vl"], indirect=True)
 def test_last_kept_semantics(model):
     inp = _inputs(model)
@@ -788,17 +818,37 @@ def test_unsupported_models_raise():
 
 @pytest.mark.parametrize("model", ["qwen2_5_vl"], indirect=True)
 def test_bad_arguments_raise(model):
-    for kw, err in [
-        (dict(), ValueError),
-        (dict(keep_ratio=0.5, budget=3), ValueError),
-        (dict(keep_ratio=0.0), ValueError),
-        (dict(keep_ratio=1.5), ValueError),
-        (dict(budget=-1), ValueError),
-        (dict(keep_ratio=0.5, method="nope"), ValueError),
-        (dict(keep_ratio=0.5, not_an_option=1), TypeError),
-        (dict(keep_ratio=0.5, min_per_image=-1), ValueError),
-    ]:
-        with pytest.raises(err):
+    for kw, err, name in [
+        (dict(), ValueError, "keep_ratio"),
+        (dict(keep_ratio=0.5, budget=3), ValueError, "keep_ratio"),
+        (dict(keep_ratio=0.0), ValueError, "keep_ratio"),
+        (dict(keep_ratio=1.5), ValueError, "keep_ratio"),
+        (dict(keep_ratio=float("nan")), ValueError, "keep_ratio"),
+        (dict(keep_ratio="0.5"), TypeError, "keep_ratio"),
+        (dict(keep_ratio=True), TypeError, "keep_ratio"),
+        (dict(budget=-1), ValueError, "budget"),
+        (dict(budget=2.5), TypeError, "budget"),
+        (dict(budget="8"), TypeError, "budget"),
+        (dict(keep_ratio=0.5, method="nope"), ValueError, "method"),
+        (dict(keep_ratio=0.5, method=["adaptive"]), TypeError, "method"),
+        (dict(keep_ratio=0.5, not_an_option=1), TypeError, "not_an_option"),
+        (dict(keep_ratio=0.5, min_per_image=-1), ValueError, "min_per_image"),
+        (dict(keep_ratio=0.5, min_per_image=1.5), TypeError, "min_per_image"),
+        (dict(keep_ratio=0.5, min_per_image=True), TypeError, "min_per_image"),
+        (dict(keep_ratio=0.5, text_aware="yes"), TypeError, "text_aware"),
+        (dict(keep_ratio=0.5, text_aware=None), TypeError, "text_aware"),
+        (dict(keep_ratio=0.5, split_video_frames=1), TypeError, "split_video_frames"),
+        (dict(keep_ratio=0.5, text_exclude_ids="abc"), TypeError, "text_exclude_ids"),
+        (dict(keep_ratio=0.5, text_exclude_ids="123"), TypeError, "text_exclude_ids"),
+        (dict(keep_ratio=0.5, text_exclude_ids=5), TypeError, "text_exclude_ids"),
+        (dict(keep_ratio=0.5, text_exclude_ids=[3, "4"]), TypeError, "text_exclude_ids"),
+        (dict(keep_ratio=0.5, text_exclude_ids=[3, 4.0]), TypeError, "text_exclude_ids"),
+        (dict(keep_ratio=0.5, text_exclude_ids=[3, -1]), ValueError, "text_exclude_ids"),
+        (dict(keep_ratio=0.5, text_exclude_ids=torch.ones(2)), TypeError, "text_exclude_ids"),
+        (dict(keep_ratio=0.5, text_exclude_ids=torch.ones(2, 2, dtype=torch.long)), TypeError,
+         "text_exclude_ids"),
+    ]:  # fmt: skip
+        with pytest.raises(err, match=name):
             aphf.attach(model, **kw)
         assert getattr(model, "_adaptive_prune_handle", None) is None
     with aphf.attach(model, keep_ratio=0.5), pytest.raises(RuntimeError, match="already"):
@@ -858,15 +908,14 @@ def test_batched_selection_equals_one_call_per_sample(budget):
         calls.append(k["min_per_image"])
         return real(*a, **k)
 
-    handle = SimpleNamespace(prune_kwargs=kw)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(adaptive_prune, "prune_batch", spy)
-        got = aphf.PruneHandle._select(handle, samples)
+        got = layout.select(samples, kw)
     qs = []
     for (vision, u, text), rows in zip(samples, got):
         n = vision.shape[0]
         b = min(int(0.3 * n + 0.5) if budget is None else budget, n)
-        qs.append(aphf._feasible_min(2, u, b))
+        qs.append(layout.feasible_min(2, u, b))
         cu = torch.tensor([0] + list(itertools.accumulate(u)))
         want = adaptive_prune.prune(vision, cu, text, budget=b, min_per_image=qs[-1]).indices
         assert torch.equal(rows, want)

@@ -53,8 +53,8 @@ def report() -> str:
 
             st = _ext.status()
             lines.append(
-                f"  cpp: available ({st['path']}, built against torch "
-                f"{st['built_against_torch']}, CPU {st['cpu_capability']})"
+                f"  cpp: available ({st['path']}, {st['compiler']}, {st['isa']}, "
+                f"{st['num_threads']} threads)"
             )
         else:
             lines.append(f"  {name}: available")

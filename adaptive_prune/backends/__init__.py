@@ -1,0 +1,1 @@
+"""Backends of the ops: per-device implementations (C++ CPU core, Triton)."""

@@ -50,8 +50,7 @@ def _kernel(name: str):
 
     def fn(*args):
         if any(
-            isinstance(args[i], torch.Tensor) and args[i].dtype == torch.float64
-            for i in token_args
+            isinstance(args[i], torch.Tensor) and args[i].dtype == torch.float64 for i in token_args
         ):
             return reference(*args)
         return impl(*args, proj_dim=PROJ_DIM) if knobbed else impl(*args)

@@ -28,11 +28,14 @@ namespace adaptive_prune_cpu {
 
 namespace py = pybind11;
 
-// numpy arrays as the bindings take them (C order; other dtypes are converted by numpy)
+// numpy arrays as the bindings take them, in C order (a non-contiguous array is copied).
+// Floating arrays of another float dtype are converted by numpy; integer and bool arrays must
+// have their exact dtype (a float array of offsets or an int mask is a TypeError naming the
+// argument, not a silent cast).
 using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using F64 = py::array_t<double, py::array::c_style | py::array::forcecast>;
-using I64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
-using Bool = py::array_t<bool, py::array::c_style | py::array::forcecast>;
+using I64 = py::array_t<int64_t, py::array::c_style>;
+using Bool = py::array_t<bool, py::array::c_style>;
 
 struct OpBinding {
   const char* name;

@@ -1,4 +1,5 @@
-"""The C++ CPU extension (csrc/, adaptive_prune._ext) against the pure-PyTorch reference.
+"""The C++ CPU core (csrc/, adaptive_prune._core via adaptive_prune.backends.cpp) against the
+pure-PyTorch reference.
 
 - Every C++ op gives the reference's result: identical picks on tie-free inputs (and, where
   random inputs do hold a near-tie, the first difference is provably one: the fp64 scores of
@@ -7,9 +8,12 @@
 - The projection filter of the max-min greedy never changes a result: every ``proj_dim``
   gives bitwise the same output as the dense greedy, on real tokens with near-duplicates.
 - Results do not depend on the thread count (parallel over images / requests).
-- ``opcheck`` on every C++ op and on the public ops served by the C++ kernels.
-- Bad arguments raise ValueError/TypeError naming the argument; float64 stays on the reference;
-  the package imports and reports why when the extension is disabled or broken.
+- ``opcheck`` on the public ops served by the C++ kernels; the C++ implementations
+  (``backends.cpp.TABLE``) take every input dtype/layout the ops accept and return the public
+  ops' output dtypes and shapes; ``_core`` itself takes and returns numpy arrays.
+- Bad arguments raise ValueError (TypeError for a wrong dtype) naming the argument; float64
+  stays on the reference; the package imports, and the first CPU call warns once (cause and
+  fix), when the extension is missing or broken; nothing warns when it is disabled.
 
 Skipped when the extension is not built, unless ``ADAPTIVE_PRUNE_REQUIRE_EXT=1`` (CI), which
 turns a missing extension into a failure.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import textwrap
@@ -33,12 +38,25 @@ from hypothesis import strategies as st
 import adaptive_prune as ap
 from adaptive_prune import _backend, _ext, ops
 from adaptive_prune import reference as ref
+from adaptive_prune.backends import cpp
 
 REQUIRE = os.environ.get("ADAPTIVE_PRUNE_REQUIRE_EXT", "0") == "1"
 if not _ext.HAS_EXT and not REQUIRE:
     pytest.skip(f"C++ extension not available: {_ext.REASON}", allow_module_level=True)
 
-CPP = torch.ops.adaptive_prune_cpp if _ext.HAS_EXT else None
+
+class _Cpp:
+    """``backends.cpp.TABLE`` entries; the two greedy ops take ``proj_dim`` as a last
+    positional argument here (the knob is keyword-only in TABLE)."""
+
+    def __getattr__(self, name):
+        fn = cpp.TABLE[name]
+        if name in ("greedy_select", "global_greedy"):
+            return lambda *args: fn(*args[:-1], proj_dim=args[-1])
+        return fn
+
+
+CPP = _Cpp()
 EPS = 1e-6
 TIE = 1e-5  # two fp64 scores closer than this are a tie: either choice is valid
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -47,7 +65,8 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def test_extension_loaded():
     assert _ext.HAS_EXT, f"the C++ extension is required here but not usable: {_ext.REASON}"
     st_ = _ext.status()
-    assert st_["available"] and st_["path"] and st_["built_against_torch"] == torch.__version__
+    assert st_["available"] and st_["path"] and set(st_["ops"]) == set(_ext.SERVED_OPS)
+    assert cpp.AVAILABLE and cpp.REASON is None
     if _backend.requested() == "auto":
         for name in _ext.SERVED_OPS:
             assert _backend.active(name, "cpu") == "cpp"
@@ -474,8 +493,11 @@ def test_float64_stays_on_reference():
     )
     d = ops.budget_scores(x, cu, torch.tensor([0, 2]), None, None, 0.05, 10.0, EPS)
     assert d[0].dtype == torch.float64
-    with pytest.raises(TypeError, match="vision"):
-        CPP.greedy_select(x, cu, b, "maxmin", EPS, -1)
+    # the C++ implementation itself computes in fp32: fp64 is routed around it
+    assert torch.equal(
+        CPP.greedy_select(x, cu, b, "maxmin", EPS, -1),
+        CPP.greedy_select(x.float(), cu, b, "maxmin", EPS, -1),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,10 +548,38 @@ def _cpp_samples():
 
 
 @pytest.mark.parametrize("name", list(_ext.SERVED_OPS))
-def test_opcheck_cpp_op(name):
-    op = getattr(CPP, name)
+def test_cpp_impl_outputs_match_public_op(name):
+    """fp16/bf16, int32 offsets, non-contiguous inputs: same dtypes and shapes as the op."""
     for args in _cpp_samples()[name]:
-        torch.library.opcheck(op, args)
+        got = getattr(CPP, name)(*args)
+        public = args[:-1] if name in ("greedy_select", "global_greedy") else args
+        want = getattr(ref, name)(*public)
+        got = got if isinstance(got, tuple) else (got,)
+        want = want if isinstance(want, tuple) else (want,)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and g.shape == w.shape and g.device.type == "cpu"
+            if not g.is_floating_point():
+                assert torch.equal(g, w) or name == "greedy_select", (name, g, w)
+
+
+def test_core_takes_and_returns_numpy():
+    import numpy as np
+
+    from adaptive_prune import _core
+
+    x, cu = random_tokens([7, 5], dim=16, seed=3)
+    xn, cun = x.numpy(), cu.numpy()
+    rank = _core.greedy_select(xn, cun, np.array([3, 2]), "maxmin", EPS, num_threads=2)
+    assert isinstance(rank, np.ndarray) and rank.dtype == np.int64 and rank.shape == (12,)
+    assert np.array_equal(rank, ref.greedy_select(x, cu, torch.tensor([3, 2]), "maxmin", EPS))
+    out = _core.budget_scores(xn, cun, np.array([0, 2]), None, None, 0.05, 10.0, EPS, num_threads=1)
+    assert isinstance(out, tuple) and [a.dtype for a in out] == [np.float32] * 4
+    with pytest.raises(TypeError):  # num_threads is keyword-only and required
+        _core.greedy_select(xn, cun, np.array([3, 2]), "maxmin", EPS, 1)
+    with pytest.raises(ValueError, match="num_threads"):
+        _core.greedy_select(xn, cun, np.array([3, 2]), "maxmin", EPS, num_threads=0)
+    assert _core.KNOBS["greedy_select"] == ("proj_dim",) and _core.KNOBS["pareto_select"] == ()
 
 
 @pytest.mark.parametrize("name", list(_ext.SERVED_OPS))
@@ -541,13 +591,13 @@ def test_opcheck_public_op_with_cpp_kernel(name):
         torch.library.opcheck(ops.ALL_OPS[name], public)
 
 
-def test_compile_fullgraph_cpp_op():
+def test_compile_fullgraph_public_op_with_cpp_kernel():
     x, cu = random_tokens([12, 9], dim=16, seed=2)
     b = torch.tensor([4, 3])
 
     @torch.compile(fullgraph=True, backend="eager")
     def f(x, cu, b):
-        return CPP.greedy_select(x, cu, b, "maxmin", EPS, -1)
+        return ops.greedy_select(x, cu, b, "maxmin", EPS)
 
     assert torch.equal(f(x, cu, b), ref.greedy_select(x, cu, b, "maxmin", EPS))
 
@@ -566,7 +616,7 @@ def test_bad_arguments_name_the_argument():
         CPP.greedy_select(x, cu, b, "median", EPS, -1)
     with pytest.raises(ValueError, match="vision"):
         CPP.greedy_select(x[0], cu, b, "maxmin", EPS, -1)
-    with pytest.raises(TypeError, match="cu_seqlens"):
+    with pytest.raises(TypeError, match="cu_seqlens"):  # pybind11 lists the signature
         CPP.greedy_select(x, cu.float(), b, "maxmin", EPS, -1)
     pool, po = torch.tensor([0, 3, 10]), torch.tensor([0, 3])
     res = torch.zeros(3, dtype=torch.bool)
@@ -576,6 +626,8 @@ def test_bad_arguments_name_the_argument():
         CPP.global_greedy(x, pool, po, res, [4], EPS, -1)
     with pytest.raises(TypeError, match="reserved"):
         CPP.global_greedy(x, pool, po, res.int(), [2], EPS, -1)
+    with pytest.raises(ValueError, match="reserved"):
+        CPP.global_greedy(x, pool, po, res[:2], [2], EPS, -1)
     with pytest.raises(ValueError, match="k must"):
         CPP.pareto_select(torch.rand(3), torch.rand(3), torch.tensor([0, 3]), [1, 1])
     with pytest.raises(ValueError, match="reduce"):
@@ -589,9 +641,9 @@ def test_bad_arguments_name_the_argument():
 # --------------------------------------------------------------------------------------------
 # loading: disabled, broken
 # --------------------------------------------------------------------------------------------
-def _run(code: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+def _run(code: str, env: dict, cwd: Path, flags: tuple = ()) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, *flags, "-c", textwrap.dedent(code)],
         cwd=cwd,
         env={**os.environ, **env},
         capture_output=True,
@@ -619,7 +671,10 @@ def test_disable_env_var_falls_back_without_warning(tmp_path):
     assert "ok 20" in out.stdout
 
 
-def test_broken_extension_warns_once_and_falls_back(tmp_path):
+@pytest.mark.parametrize("state", ["broken", "missing"])
+def test_unusable_extension_warns_once_at_first_cpu_call(tmp_path, state):
+    import sysconfig
+
     pkg = Path(ap.__file__).resolve().parent
     copy = tmp_path / "adaptive_prune"
     shutil.copytree(
@@ -628,22 +683,36 @@ def test_broken_extension_warns_once_and_falls_back(tmp_path):
     kernels = pkg.parent / "kernels"
     if not (copy / "kernels").exists() and kernels.exists():  # source layout: ./kernels
         shutil.copytree(kernels, copy / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
-    (copy / "_C.abi3.so").write_bytes(b"not a shared object")
+    if state == "broken":
+        suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+        (copy / f"_core{suffix}").write_bytes(b"not a shared object")
+    want = "failed to load" if state == "broken" else "no C++ compiler"
     out = _run(
-        """
+        f"""
         import warnings
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
-            import adaptive_prune as ap
-        from adaptive_prune import _ext, _backend
-        msgs = [str(x.message) for x in w if "C++ extension" in str(x.message)]
-        assert len(msgs) == 1, msgs
-        assert not _ext.HAS_EXT and "failed to load" in _ext.REASON
-        assert "failed to load" in _backend.UNAVAILABLE["cpp"]
-        print("ok")
+            import adaptive_prune as ap, torch
+            from adaptive_prune import _ext, _backend, info
+            assert not [x for x in w if "C++" in str(x.message)], "warned at import"
+            assert not _ext.HAS_EXT and {want!r} in _ext.REASON
+            assert {want!r} in _backend.UNAVAILABLE["cpp"]
+            assert "pip install --force-reinstall" in _ext.REASON
+            x = torch.randn(40, 8)
+            for _ in range(2):
+                r = ap.prune(x, torch.tensor([0, 15, 40]), keep_ratio=0.5)
+        msgs = [str(x.message) for x in w if "C++ CPU core" in str(x.message)]
+        assert len(msgs) == 1 and {want!r} in msgs[0], msgs
+        assert {want!r} in info.report()
+        print("ok", r.indices.numel())
         """,
-        {"PYTHONPATH": str(tmp_path), "ADAPTIVE_PRUNE_DISABLE_EXT": "0"},
+        # -S: no .pth files, so an editable install's finder cannot supply the real _core
+        {
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), *site.getsitepackages()]),
+            "ADAPTIVE_PRUNE_DISABLE_EXT": "0",
+        },
         tmp_path,
+        flags=("-S",),
     )
     assert out.returncode == 0, out.stderr + out.stdout
-    assert "ok" in out.stdout
+    assert "ok 20" in out.stdout

@@ -154,7 +154,7 @@ def warn_missing(stacklevel: int = 3) -> None:
     _warned = True
     warnings.warn(
         f"adaptive_prune: the C++ CPU core is missing, so the CPU ops run the pure-PyTorch "
-        f"reference (about 20x slower): {REASON}",
+        f"reference, which is much slower: {REASON}",
         RuntimeWarning,
         stacklevel=stacklevel,
     )

@@ -63,7 +63,7 @@ def _warning_reference(name: str):
     reference = getattr(ref, name)
 
     def fn(*args):
-        cpp.warn_missing(stacklevel=4)
+        cpp.warn_missing()
         return reference(*args)
 
     fn.__name__ = name

@@ -22,6 +22,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import sys
 import warnings
 from typing import Any, Callable, Optional
 
@@ -65,7 +66,10 @@ def _load() -> Optional[str]:
     except (ImportError, ValueError):
         spec = None
     if spec is None:
-        return f"not built: no C++ compiler was found when the package was installed; {FIX}"
+        return (
+            "not built: the package was installed without its C++ core (no C++ compiler was "
+            f"found, or ADAPTIVE_PRUNE_BUILD_EXT=0); {FIX}"
+        )
     _PATH = spec.origin
     try:
         _core = importlib.import_module(MODULE)
@@ -146,17 +150,29 @@ if REASON is None:
 _warned = False
 
 
-def warn_missing(stacklevel: int = 3) -> None:
+def _caller_stacklevel() -> int:
+    """stacklevel of the first frame outside adaptive_prune and torch (the user's call)."""
+    inside = (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(torch.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        if not frame.f_code.co_filename.startswith(inside):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
+
+
+def warn_missing() -> None:
     """Warn once (per process) that the CPU ops run the slow reference, and why."""
     global _warned
     if AVAILABLE or _warned or _disabled():
         return
     _warned = True
     warnings.warn(
-        f"adaptive_prune: the C++ CPU core is missing, so the CPU ops run the pure-PyTorch "
-        f"reference, which is much slower: {REASON}",
+        "adaptive_prune: the C++ CPU core is missing, so the CPU ops run the pure-PyTorch "
+        f"reference, which is much slower: {REASON} (ADAPTIVE_PRUNE_DISABLE_EXT=1 silences "
+        "this)",
         RuntimeWarning,
-        stacklevel=stacklevel,
+        stacklevel=_caller_stacklevel(),
     )
 
 

@@ -55,7 +55,7 @@ constexpr int kLanes = 32;
 
 // --------------------------------------------------------------------------------------------
 // 64-byte aligned buffers: row loops over unaligned buffers split a vector load across two
-// cache lines at every step (AVX-512), which costs the greedy loops a sixth of their time
+// cache lines at every step (AVX-512), which slows the greedy loops measurably (docs/cpp.md)
 // --------------------------------------------------------------------------------------------
 template <typename T>
 struct AlignedAllocator {

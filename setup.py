@@ -1,55 +1,53 @@
-"""Build script: the pure-Python package (always) plus the optional C++ CPU extension.
+"""Build script: the pure-Python package (always) plus the optional C++ CPU core.
 
-The extension ``adaptive_prune._C`` (sources in ``csrc/``, design in ``docs/cpp.md``) holds
-the CPU kernels of the selection ops. It needs torch at build time, which pip's isolated build
-environment does not have, so install torch first and build without isolation::
+The extension ``adaptive_prune._core`` (sources ``csrc/*.cpp``, design in ``docs/cpp.md``)
+holds the CPU kernels of the selection ops. It works on raw buffers and is bound with pybind11:
+it needs no torch at build time, so pip's default isolated build (build requirements:
+setuptools, wheel, pybind11) builds it, and one wheel works with any supported torch::
 
-    pip install torch                                  # any CPU or CUDA build, >= 2.5
-    pip install --no-build-isolation .                 # or -e . for an editable install
+    pip install .            # or -e . for an editable install, or python -m build --wheel
 
 ``ADAPTIVE_PRUNE_BUILD_EXT`` controls the extension:
 
-- unset / ``auto`` (default): build it when torch is importable, a C++ compiler and the Python
-  headers are found; otherwise, or if compiling fails, install the pure-Python package (the
-  ops then run the pure-PyTorch reference) and print one warning (``pip install -v`` shows
-  it; ``python -m adaptive_prune info`` tells afterwards whether the extension is there).
+- unset / ``auto`` (default): build it when a C++ compiler and the Python headers are found;
+  otherwise, or if compiling fails, install the pure-Python package (the ops then run the
+  pure-PyTorch reference) and print one warning (``pip install -v`` shows it; ``python -m
+  adaptive_prune info`` and the first CPU call tell afterwards that the extension is missing).
 - ``1``: build it or fail (CI uses this).
 - ``0``: never build it.
-
-torch is deliberately *not* a build requirement in pyproject.toml: an unpinned torch there
-would download a CUDA build of several GB into every isolated build.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import platform
 import shutil
 import sys
 import sysconfig
 
-from setuptools import setup
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 PACKAGES = {
-    "packages": ["adaptive_prune", "adaptive_prune.data", "adaptive_prune.kernels"],
+    "packages": [
+        "adaptive_prune",
+        "adaptive_prune.backends",
+        "adaptive_prune.data",
+        "adaptive_prune.kernels",
+    ],
     "package_dir": {"adaptive_prune.kernels": "kernels"},
     "package_data": {"adaptive_prune.data": ["*.npz"]},
 }
-EXT_NAME = "adaptive_prune._C"
-SOURCES = [
-    "csrc/ops.cpp",
-    "csrc/cpu/vec.cpp",
-    "csrc/cpu/maxmin.cpp",
-    "csrc/cpu/budget_scores.cpp",
-    "csrc/cpu/allocate_budgets.cpp",
-    "csrc/cpu/greedy_select.cpp",
-    "csrc/cpu/global_greedy.cpp",
-    "csrc/cpu/token_alignment.cpp",
-    "csrc/cpu/pareto_select.cpp",
-]
+EXT_NAME = "adaptive_prune._core"
+HERE = os.path.dirname(os.path.abspath(__file__))
+# one file per op plus the shared engine and module init: adding an op adds a file, not a line
+SOURCES = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "*.cpp")))
+DEPENDS = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "*.h")))
 HOW_TO = (
-    "install torch first, then `pip install --no-build-isolation .` (see docs/cpp.md); "
+    "install a C++ compiler (g++ or clang) and the Python headers (python3-dev), then "
+    "reinstall: pip install --force-reinstall --no-deps adaptive_prune (see docs/cpp.md); "
     "set ADAPTIVE_PRUNE_BUILD_EXT=0 to skip the extension on purpose"
 )
 
@@ -104,15 +102,11 @@ def _extension(mode: str):
         _SKIPPED.append("disabled by ADAPTIVE_PRUNE_BUILD_EXT=0")
         return [], {}
     try:
-        import torch
-        from torch.utils.cpp_extension import BuildExtension, CppExtension
-    except ImportError as exc:
-        reason = (
-            f"torch is not importable at build time ({exc}); pip's isolated build "
-            "environment does not contain it"
-        )
+        import pybind11
+    except ImportError as exc:  # only without build isolation, where pybind11 is not installed
+        reason = f"pybind11 is not importable at build time ({exc}): pip install pybind11"
         if mode == "force":
-            raise SystemExit(f"ADAPTIVE_PRUNE_BUILD_EXT=1 but {reason}: {HOW_TO}") from exc
+            raise SystemExit(f"ADAPTIVE_PRUNE_BUILD_EXT=1 but {reason}") from exc
         _SKIPPED.append(reason)
         return [], {}
     problem = _compiler_problem()
@@ -124,21 +118,24 @@ def _extension(mode: str):
 
     # -O3: vectorise the fixed-order loops; -ffp-contract=off: no FMA contraction, so every
     # sum keeps the order written in the source (bitwise-reproducible results on any ISA);
-    # -fopenmp: ATen's parallel_for is header code that needs it (torch uses OpenMP on Linux).
-    cxx = ["-O3", "-g0", "-ffp-contract=off", "-fno-math-errno", "-fvisibility=hidden"]
-    link = []
-    if sys.platform.startswith("linux"):
-        cxx.append("-fopenmp")
-        link.append("-fopenmp")
+    # -fno-math-errno: sqrt/exp without errno bookkeeping (no change to any value);
+    # -fvisibility=hidden: only PyInit__core is exported. No OpenMP: the kernels run their own
+    # std::threads (torch.get_num_threads() of them, passed by the Python wrapper).
     if sys.platform == "win32":
-        cxx = ["/O2", "/fp:precise", "/openmp"]
-    # py_limited_api=True: torch defines Py_LIMITED_API (CPython 3.10 ABI) itself.
-    macros = [("ADAPTIVE_PRUNE_TORCH_VERSION", f'"{torch.__version__}"')]
+        cxx = ["/O2", "/fp:precise", "/std:c++17", "/EHsc"]
+        link = []
+    else:
+        cxx = ["-std=c++17", "-O3", "-g0", "-ffp-contract=off", "-fno-math-errno"]
+        cxx.append("-fvisibility=hidden")
+        link = ["-pthread"] if sys.platform.startswith("linux") else []
+        cxx += link
 
-    class BuildExt(BuildExtension):
-        """torch's BuildExtension; in auto mode a failed build falls back to pure Python."""
+    class BuildExt(build_ext):
+        """In auto mode a failed build falls back to pure Python (one warning)."""
 
         def build_extensions(self):
+            if not self.parallel:  # one compiler process per core (one file per op)
+                self.parallel = os.cpu_count() or 1
             try:
                 super().build_extensions()
             except Exception as exc:  # noqa: BLE001 (any compiler/linker/toolchain failure)
@@ -149,17 +146,18 @@ def _extension(mode: str):
                 _SKIPPED.append(f"building it failed ({type(exc).__name__}: {exc})")
                 _warn_skipped()
 
-    ext = CppExtension(
+    ext = Extension(
         EXT_NAME,
         SOURCES,
-        define_macros=macros,
-        extra_compile_args={"cxx": cxx},
+        include_dirs=[pybind11.get_include(), "csrc"],
+        depends=DEPENDS,
+        language="c++",
+        extra_compile_args=cxx,
         extra_link_args=link,
-        py_limited_api=True,
     )
     print(
-        f"adaptive_prune: building the C++ CPU extension against torch {torch.__version__} "
-        f"({platform.machine()})",
+        f"adaptive_prune: building the C++ CPU core ({len(SOURCES)} files, pybind11 "
+        f"{pybind11.__version__}, {platform.machine()})",
         file=sys.stderr,
     )
     return [ext], {"build_ext": BuildExt}
@@ -170,5 +168,4 @@ setup(
     **PACKAGES,
     ext_modules=ext_modules,
     cmdclass={"build_py": BuildPy, **cmdclass},
-    options={"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {},
 )

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import threading
 import warnings
 from numbers import Integral, Real
@@ -153,6 +154,17 @@ def unavailable(name: str) -> Optional[str]:
 _WARNED: set[str] = set()
 
 
+def _caller_stacklevel() -> int:
+    """``stacklevel`` of the first frame outside adaptive_prune and torch (the user's call)."""
+    inside = (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(torch.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        if not frame.f_code.co_filename.startswith(inside):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
+
+
 def _fallback_warning(device: str, fast: str, reason: str) -> None:
     if fast in _WARNED:
         return
@@ -163,7 +175,7 @@ def _fallback_warning(device: str, fast: str, reason: str) -> None:
         f"`python -m adaptive_prune info` shows the backends; set {ENV_VAR}=reference to "
         "choose the reference on purpose and silence this.",
         RuntimeWarning,
-        stacklevel=4,
+        stacklevel=_caller_stacklevel(),
     )
 
 
@@ -210,9 +222,10 @@ def _router(op_name: str, device: str) -> Callable:
 
     def kernel(*args):
         name, knobs = serving(op_name, device, args)
-        if name == "reference":
+        impl = None if name == "reference" else _module(name).table().get(op_name)
+        if impl is None:  # the reference, or an op this backend does not implement
             return reference(*args)
-        return _module(name).table()[op_name](*args, **knobs)
+        return impl(*args, **knobs)
 
     kernel.__name__ = kernel.__qualname__ = f"{op_name}_{device}"
     return kernel

@@ -48,7 +48,10 @@ def report() -> str:
     lines.append("  reference: available (pure PyTorch, every device)")
     cpp = st["cpp"]
     if cpp["available"]:
-        lines.append(f"  cpp: available ({cpp.get('path')})")
+        lines.append(
+            f"  cpp: available ({cpp['path']}, {cpp['compiler']}, {cpp['isa']}, "
+            f"{cpp['num_threads']} threads)"
+        )
     else:
         lines.append(f"  cpp: UNAVAILABLE: {cpp['reason']}")
     tri = st["triton"]

@@ -1,4 +1,5 @@
-"""The C++ CPU extension (csrc/, adaptive_prune._ext) against the pure-PyTorch reference.
+"""The C++ CPU core (csrc/, adaptive_prune._core via adaptive_prune.backends.cpp) against the
+pure-PyTorch reference.
 
 - Every C++ op gives the reference's result: identical picks on tie-free inputs (and, where
   random inputs do hold a near-tie, the first difference is provably one: the fp64 scores of
@@ -7,9 +8,12 @@
 - The projection filter of the max-min greedy never changes a result: every ``proj_dim``
   gives bitwise the same output as the dense greedy, on real tokens with near-duplicates.
 - Results do not depend on the thread count (parallel over images / requests).
-- ``opcheck`` on every C++ op and on the public ops served by the C++ kernels.
-- Bad arguments raise ValueError/TypeError naming the argument; float64 stays on the reference;
-  the package imports and reports why when the extension is disabled or broken.
+- ``opcheck`` on the public ops served by the C++ kernels; the C++ implementations
+  (``backends.cpp.TABLE``) take every input dtype/layout the ops accept and return the public
+  ops' output dtypes and shapes; ``_core`` itself takes and returns numpy arrays.
+- Bad arguments raise ValueError (TypeError for a wrong dtype) naming the argument; float64
+  stays on the reference; the package imports, and the first CPU call warns once (cause and
+  fix), when the extension is missing or broken; nothing warns when it is disabled.
 
 Skipped when the extension is not built, unless ``ADAPTIVE_PRUNE_REQUIRE_EXT=1`` (CI), which
 turns a missing extension into a failure.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import textwrap
@@ -31,26 +36,43 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adaptive_prune as ap
-from adaptive_prune import _backend, _ext, ops
-from adaptive_prune import reference as ref
+from adaptive_prune import backends, ops
+from adaptive_prune.backends import cpp
+from adaptive_prune.ops import reference as ref
 
 REQUIRE = os.environ.get("ADAPTIVE_PRUNE_REQUIRE_EXT", "0") == "1"
-if not _ext.HAS_EXT and not REQUIRE:
-    pytest.skip(f"C++ extension not available: {_ext.REASON}", allow_module_level=True)
+if not cpp.AVAILABLE and not REQUIRE:
+    pytest.skip(f"C++ core not available: {cpp.REASON}", allow_module_level=True)
+SERVED_OPS = list(ops.ALL_OPS)
+_op = torch.ops.adaptive_prune
 
-CPP = torch.ops.adaptive_prune_cpp if _ext.HAS_EXT else None
+
+class _Cpp:
+    """``backends.cpp.TABLE`` entries; the two greedy ops take ``proj_dim`` as a last
+    positional argument here (the knob is keyword-only in TABLE)."""
+
+    def __getattr__(self, name):
+        fn = cpp.TABLE[name]
+        if name in ("greedy_select", "global_greedy"):
+            return lambda *args: fn(*args[:-1], proj_dim=args[-1])
+        return fn
+
+
+CPP = _Cpp()
 EPS = 1e-6
 TIE = 1e-5  # two fp64 scores closer than this are a tie: either choice is valid
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def test_extension_loaded():
-    assert _ext.HAS_EXT, f"the C++ extension is required here but not usable: {_ext.REASON}"
-    st_ = _ext.status()
-    assert st_["available"] and st_["path"] and st_["built_against_torch"] == torch.__version__
-    if _backend.requested() == "auto":
-        for name in _ext.SERVED_OPS:
-            assert _backend.active(name, "cpu") == "cpp"
+    assert cpp.AVAILABLE, f"the C++ core is required here but not usable: {cpp.REASON}"
+    st_ = cpp.status()
+    assert st_["available"] and st_["path"] and set(st_["ops"]) == set(SERVED_OPS)
+    assert cpp.AVAILABLE and cpp.REASON is None
+    x = torch.ones(2, 2)
+    with ap.backend("auto"):
+        for name in SERVED_OPS:
+            assert backends.serving(name, "cpu", (x,))[0] == "cpp"
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,7 +180,7 @@ def test_greedy_select_matches_reference(shape, mode, dtype):
     if shape == "577":
         budgets = torch.tensor([100 if mode == "maxsum" else 577])
     want = ref.greedy_select(x, cu, budgets, mode, EPS)
-    got = ops.greedy_select(x, cu, budgets, mode, EPS)  # public op -> C++ kernel
+    got = _op.greedy_select(x, cu, budgets, mode, EPS)  # public op -> C++ kernel
     assert got.dtype == torch.int64 and got.shape == want.shape
     assert torch.equal((got >= 0).sum(), (want >= 0).sum())
     _check_greedy_select(x, cu, budgets, mode, want, got)
@@ -181,8 +203,8 @@ def test_greedy_select_identical_on_tie_free_input():
         if dtype != torch.float32 and not _tie_free(xd, cu, budgets):
             continue
         want_d = ref.greedy_select(xd, cu, budgets, "maxmin", EPS)
-        assert torch.equal(ops.greedy_select(xd, cu, budgets, "maxmin", EPS), want_d)
-    assert torch.equal(ops.greedy_select(x, cu, budgets, "maxmin", EPS), want)
+        assert torch.equal(_op.greedy_select(xd, cu, budgets, "maxmin", EPS), want_d)
+    assert torch.equal(_op.greedy_select(x, cu, budgets, "maxmin", EPS), want)
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,7 +237,7 @@ def test_global_greedy_matches_reference(case, dtype):
     sizes, every, picks = case
     x, pool, po, reserved = _random_pool(sum(sizes), sizes, every, dtype=DTYPES[dtype])
     o_ref, g_ref = ref.global_greedy(x, pool, po, reserved, picks, EPS)
-    o_got, g_got = ops.global_greedy(x, pool, po, reserved, picks, EPS)
+    o_got, g_got = _op.global_greedy(x, pool, po, reserved, picks, EPS)
     assert o_got.shape == o_ref.shape and g_got.dtype == torch.float32
     po_l = po.tolist()
     off = [0]
@@ -349,7 +371,7 @@ def test_budget_scores_matches_reference(dtype, with_text):
     to = torch.tensor([0, 3, 3, 3, 9]) if with_text else None
     args = (x, cu, ro, text if with_text else None, to, 0.05, 10.0, EPS)
     want = ref.budget_scores(*args)
-    got = ops.budget_scores(*args)
+    got = _op.budget_scores(*args)
     for w, gv, name in zip(want, got, ["d_intra", "mult", "att", "d_inter"]):
         assert gv.dtype == torch.float32 and gv.shape == w.shape, name
         torch.testing.assert_close(gv, w, atol=2e-5, rtol=2e-5, msg=name)
@@ -366,7 +388,7 @@ def test_token_alignment_matches_reference(dtype, reduce):
     text_off = torch.tensor([0, 4, 6, 6, 11])  # request 2 has no text: zeros
     args = (x, rows, row_off, text, text_off, reduce, EPS)
     want = ref.token_alignment(*args)
-    got = ops.token_alignment(*args)
+    got = _op.token_alignment(*args)
     assert got.dtype == torch.float32 and got.shape == want.shape
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert torch.equal(got[50:90], torch.zeros(40))
@@ -406,7 +428,7 @@ def alloc_requests(draw):
 @given(alloc_requests())
 def test_allocate_budgets_identical(args):
     want = ref.allocate_budgets(*args)
-    got = ops.allocate_budgets(*args)
+    got = _op.allocate_budgets(*args)
     assert torch.equal(got, want)
 
 
@@ -419,7 +441,7 @@ def test_allocate_budgets_real_weights():
         mins = torch.minimum(caps, torch.ones(n, dtype=torch.int64))
         total = int(torch.randint(int(mins.sum()), int(caps.sum()) + 1, (1,), generator=g))
         args = (w, caps, mins, torch.tensor([0, n]), torch.tensor([total]))
-        assert torch.equal(ops.allocate_budgets(*args), ref.allocate_budgets(*args))
+        assert torch.equal(_op.allocate_budgets(*args), ref.allocate_budgets(*args))
 
 
 @st.composite
@@ -446,22 +468,20 @@ def pareto_segments(draw):
 @settings(max_examples=300, deadline=None)
 @given(pareto_segments())
 def test_pareto_select_identical(args):
-    assert torch.equal(ops.pareto_select(*args), ref.pareto_select(*args))
+    assert torch.equal(_op.pareto_select(*args), ref.pareto_select(*args))
 
 
 # --------------------------------------------------------------------------------------------
 # the whole method
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("with_text", [False, True], ids=["no-text", "text"])
-def test_prune_matches_reference_backend(monkeypatch, with_text):
+def test_prune_matches_reference_backend(with_text):
     x, cu = random_tokens([30, 45, 1, 25, 60], dim=32, seed=11)
     text = torch.randn(4, 32, generator=torch.Generator().manual_seed(2)) if with_text else None
-    got = ap.prune(x, cu, text, keep_ratio=0.3, return_diagnostics=True)
-    from adaptive_prune import adaptive
-
-    reference_ops = type("RefOps", (), {n: staticmethod(getattr(ref, n)) for n in ops.ALL_OPS})
-    monkeypatch.setattr(adaptive, "ops", reference_ops)
-    want = ap.prune(x, cu, text, keep_ratio=0.3, return_diagnostics=True)
+    with ap.backend("cpp"):
+        got = ap.prune(x, cu, text, keep_ratio=0.3, return_diagnostics=True)
+    with ap.backend("reference"):
+        want = ap.prune(x, cu, text, keep_ratio=0.3, return_diagnostics=True)
     assert torch.equal(got.indices, want.indices)
     assert torch.equal(got.diagnostics.budgets, want.diagnostics.budgets)
 
@@ -470,12 +490,15 @@ def test_float64_stays_on_reference():
     x, cu = random_tokens([20, 30], dim=16, seed=4, dtype=torch.float64)
     b = torch.tensor([5, 7])
     assert torch.equal(
-        ops.greedy_select(x, cu, b, "maxmin", EPS), ref.greedy_select(x, cu, b, "maxmin", EPS)
+        _op.greedy_select(x, cu, b, "maxmin", EPS), ref.greedy_select(x, cu, b, "maxmin", EPS)
     )
-    d = ops.budget_scores(x, cu, torch.tensor([0, 2]), None, None, 0.05, 10.0, EPS)
+    d = _op.budget_scores(x, cu, torch.tensor([0, 2]), None, None, 0.05, 10.0, EPS)
     assert d[0].dtype == torch.float64
-    with pytest.raises(TypeError, match="vision"):
-        CPP.greedy_select(x, cu, b, "maxmin", EPS, -1)
+    # the C++ implementation itself computes in fp32: fp64 is routed around it
+    assert torch.equal(
+        CPP.greedy_select(x, cu, b, "maxmin", EPS, -1),
+        CPP.greedy_select(x.float(), cu, b, "maxmin", EPS, -1),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,29 +548,56 @@ def _cpp_samples():
     }
 
 
-@pytest.mark.parametrize("name", list(_ext.SERVED_OPS))
-def test_opcheck_cpp_op(name):
-    op = getattr(CPP, name)
+@pytest.mark.parametrize("name", SERVED_OPS)
+def test_cpp_impl_outputs_match_public_op(name):
+    """fp16/bf16, int32 offsets, non-contiguous inputs: same dtypes and shapes as the op."""
     for args in _cpp_samples()[name]:
-        torch.library.opcheck(op, args)
+        got = getattr(CPP, name)(*args)
+        public = args[:-1] if name in ("greedy_select", "global_greedy") else args
+        want = getattr(ref, name)(*public)
+        got = got if isinstance(got, tuple) else (got,)
+        want = want if isinstance(want, tuple) else (want,)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and g.shape == w.shape and g.device.type == "cpu"
+            if not g.is_floating_point():
+                assert torch.equal(g, w) or name == "greedy_select", (name, g, w)
 
 
-@pytest.mark.parametrize("name", list(_ext.SERVED_OPS))
+def test_core_takes_and_returns_numpy():
+    import numpy as np
+
+    from adaptive_prune import _core
+
+    x, cu = random_tokens([7, 5], dim=16, seed=3)
+    xn, cun = x.numpy(), cu.numpy()
+    rank = _core.greedy_select(xn, cun, np.array([3, 2]), "maxmin", EPS, num_threads=2)
+    assert isinstance(rank, np.ndarray) and rank.dtype == np.int64 and rank.shape == (12,)
+    assert np.array_equal(rank, ref.greedy_select(x, cu, torch.tensor([3, 2]), "maxmin", EPS))
+    out = _core.budget_scores(xn, cun, np.array([0, 2]), None, None, 0.05, 10.0, EPS, num_threads=1)
+    assert isinstance(out, tuple) and [a.dtype for a in out] == [np.float32] * 4
+    with pytest.raises(TypeError):  # num_threads is keyword-only and required
+        _core.greedy_select(xn, cun, np.array([3, 2]), "maxmin", EPS, 1)
+    with pytest.raises(ValueError, match="num_threads"):
+        _core.greedy_select(xn, cun, np.array([3, 2]), "maxmin", EPS, num_threads=0)
+    assert _core.KNOBS["greedy_select"] == ("proj_dim",) and _core.KNOBS["pareto_select"] == ()
+
+
+@pytest.mark.parametrize("name", SERVED_OPS)
 def test_opcheck_public_op_with_cpp_kernel(name):
-    if _backend.active(name, "cpu") != "cpp":
-        pytest.skip(f"{name} is not served by the C++ kernel here")
     for args in _cpp_samples()[name]:
         public = args[:-1] if name in ("greedy_select", "global_greedy") else args
-        torch.library.opcheck(ops.ALL_OPS[name], public)
+        with ap.backend("cpp"):
+            torch.library.opcheck(ops.ALL_OPS[name], public)
 
 
-def test_compile_fullgraph_cpp_op():
+def test_compile_fullgraph_public_op_with_cpp_kernel():
     x, cu = random_tokens([12, 9], dim=16, seed=2)
     b = torch.tensor([4, 3])
 
     @torch.compile(fullgraph=True, backend="eager")
     def f(x, cu, b):
-        return CPP.greedy_select(x, cu, b, "maxmin", EPS, -1)
+        return _op.greedy_select(x, cu, b, "maxmin", EPS)
 
     assert torch.equal(f(x, cu, b), ref.greedy_select(x, cu, b, "maxmin", EPS))
 
@@ -566,7 +616,7 @@ def test_bad_arguments_name_the_argument():
         CPP.greedy_select(x, cu, b, "median", EPS, -1)
     with pytest.raises(ValueError, match="vision"):
         CPP.greedy_select(x[0], cu, b, "maxmin", EPS, -1)
-    with pytest.raises(TypeError, match="cu_seqlens"):
+    with pytest.raises(TypeError, match="cu_seqlens"):  # pybind11 lists the signature
         CPP.greedy_select(x, cu.float(), b, "maxmin", EPS, -1)
     pool, po = torch.tensor([0, 3, 10]), torch.tensor([0, 3])
     res = torch.zeros(3, dtype=torch.bool)
@@ -576,6 +626,8 @@ def test_bad_arguments_name_the_argument():
         CPP.global_greedy(x, pool, po, res, [4], EPS, -1)
     with pytest.raises(TypeError, match="reserved"):
         CPP.global_greedy(x, pool, po, res.int(), [2], EPS, -1)
+    with pytest.raises(ValueError, match="reserved"):
+        CPP.global_greedy(x, pool, po, res[:2], [2], EPS, -1)
     with pytest.raises(ValueError, match="k must"):
         CPP.pareto_select(torch.rand(3), torch.rand(3), torch.tensor([0, 3]), [1, 1])
     with pytest.raises(ValueError, match="reduce"):
@@ -589,9 +641,9 @@ def test_bad_arguments_name_the_argument():
 # --------------------------------------------------------------------------------------------
 # loading: disabled, broken
 # --------------------------------------------------------------------------------------------
-def _run(code: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+def _run(code: str, env: dict, cwd: Path, flags: tuple = ()) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, *flags, "-c", textwrap.dedent(code)],
         cwd=cwd,
         env={**os.environ, **env},
         capture_output=True,
@@ -600,26 +652,29 @@ def _run(code: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_disable_env_var_falls_back_without_warning(tmp_path):
+def test_reference_backend_by_env_var_runs_without_warning(tmp_path):
     root = Path(ap.__file__).resolve().parent.parent
     out = _run(
         """
         import warnings; warnings.simplefilter("error")
         import adaptive_prune as ap, torch
-        from adaptive_prune import _ext, _backend
-        assert not _ext.HAS_EXT and "ADAPTIVE_PRUNE_DISABLE_EXT" in _ext.REASON
-        assert _backend.active("greedy_select", "cpu") != "cpp"
-        x = torch.randn(40, 8); r = ap.prune(x, torch.tensor([0, 15, 40]), keep_ratio=0.5)
+        from adaptive_prune import backends
+        x = torch.randn(40, 8)
+        assert backends.serving("greedy_select", "cpu", (x,))[0] == "reference"
+        r = ap.prune(x, torch.tensor([0, 15, 40]), keep_ratio=0.5)
         print("ok", r.indices.numel())
         """,
-        {"ADAPTIVE_PRUNE_DISABLE_EXT": "1", "PYTHONPATH": str(root)},
+        {"ADAPTIVE_PRUNE_BACKEND": "reference", "PYTHONPATH": str(root)},
         tmp_path,
     )
     assert out.returncode == 0, out.stderr
     assert "ok 20" in out.stdout
 
 
-def test_broken_extension_warns_once_and_falls_back(tmp_path):
+@pytest.mark.parametrize("state", ["broken", "missing"])
+def test_unusable_extension_warns_once_at_first_cpu_call(tmp_path, state):
+    import sysconfig
+
     pkg = Path(ap.__file__).resolve().parent
     copy = tmp_path / "adaptive_prune"
     shutil.copytree(
@@ -628,22 +683,35 @@ def test_broken_extension_warns_once_and_falls_back(tmp_path):
     kernels = pkg.parent / "kernels"
     if not (copy / "kernels").exists() and kernels.exists():  # source layout: ./kernels
         shutil.copytree(kernels, copy / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
-    (copy / "_C.abi3.so").write_bytes(b"not a shared object")
+    if state == "broken":
+        suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+        (copy / f"_core{suffix}").write_bytes(b"not a shared object")
+    want = "failed to load" if state == "broken" else "no C++ compiler"
     out = _run(
-        """
+        f"""
         import warnings
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
-            import adaptive_prune as ap
-        from adaptive_prune import _ext, _backend
-        msgs = [str(x.message) for x in w if "C++ extension" in str(x.message)]
-        assert len(msgs) == 1, msgs
-        assert not _ext.HAS_EXT and "failed to load" in _ext.REASON
-        assert "failed to load" in _backend.UNAVAILABLE["cpp"]
-        print("ok")
+            import adaptive_prune as ap, torch
+            from adaptive_prune import backends
+            from adaptive_prune.backends import cpp
+            from adaptive_prune.cli import info
+            assert not [x for x in w if "cpp backend" in str(x.message)], "warned at import"
+            assert not cpp.AVAILABLE and {want!r} in cpp.REASON
+            assert {want!r} in backends.unavailable("cpp")
+            assert "pip install --force-reinstall" in cpp.REASON
+            x = torch.randn(40, 8)
+            for _ in range(2):
+                r = ap.prune(x, torch.tensor([0, 15, 40]), keep_ratio=0.5)
+        msgs = [str(x.message) for x in w if "cpp backend" in str(x.message)]
+        assert len(msgs) == 1 and {want!r} in msgs[0], msgs
+        assert {want!r} in info.report()
+        print("ok", r.indices.numel())
         """,
-        {"PYTHONPATH": str(tmp_path), "ADAPTIVE_PRUNE_DISABLE_EXT": "0"},
+        # -S: no .pth files, so an editable install's finder cannot supply the real _core
+        {"PYTHONPATH": os.pathsep.join([str(tmp_path), *site.getsitepackages()])},
         tmp_path,
+        flags=("-S",),
     )
     assert out.returncode == 0, out.stderr + out.stdout
-    assert "ok" in out.stdout
+    assert "ok 20" in out.stdout

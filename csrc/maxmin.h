@@ -72,13 +72,13 @@ class MaxMin {
   int64_t m_, D_, dp_;
   // everything below is in leaf order: position l holds row perm_[l] of X
   std::vector<int64_t> perm_, inv_;
-  std::vector<float> acc_;  // +inf before the first pick, -inf once picked
-  std::vector<float> pT_;   // [dp, m] projections, transposed
-  std::vector<float> r_;    // [m] inflated residual norms |e_i|
+  FloatBuf acc_;  // +inf before the first pick, -inf once picked
+  FloatBuf pT_;   // [dp, m] projections, transposed
+  FloatBuf r_;    // [m] inflated residual norms |e_i|
   std::vector<int64_t> leaf_;   // [nb + 1] leaf boundaries
-  std::vector<float> centre_;   // [nb, dp]
-  std::vector<float> radius_;   // [nb] (+inf in dense mode: never skipped)
-  std::vector<float> amax_;     // [nb] largest acc of the leaf
+  FloatBuf centre_;   // [nb, dp]
+  FloatBuf radius_;   // [nb] (+inf in dense mode: never skipped)
+  FloatBuf amax_;     // [nb] largest acc of the leaf
   std::vector<int64_t> aarg_;   // [nb] its position (lowest row index among equal values)
   int64_t refined_ = 0;
   int64_t window_picks_ = 0, window_refined_ = 0, window_tested_ = 0;

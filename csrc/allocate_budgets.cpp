@@ -4,10 +4,7 @@
 // caps_k (cap, redistribute the excess, repeat), rounded by largest remainder with ties to the
 // lower image index, so that sum b_k == total. float64 arithmetic in the reference's order of
 // operations (sequential sums, (left * w) / wsum), hence bitwise the same shares.
-#include <ATen/ops/empty.h>
-#include <torch/library.h>
-
-#include "common.h"
+#include "binding.h"
 
 namespace adaptive_prune_cpu {
 namespace {
@@ -59,36 +56,38 @@ void allocate_one(const double* w, const int64_t* cap, const int64_t* mins, int6
   for (int64_t k = 0; k < n; ++k) out[k] = mins[k] + floors[k];
 }
 
-at::Tensor allocate_budgets_cpu(const at::Tensor& weights, const at::Tensor& caps,
-                                const at::Tensor& mins, const at::Tensor& req_offsets,
-                                const at::Tensor& totals) {
-  check_cpu(weights, "weights");
-  TORCH_CHECK_VALUE(weights.dim() == 1, "weights must be 1-D [n], got shape ", weights.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(weights.scalar_type()), "weights must be floating, got ",
-                   weights.scalar_type());
-  const int64_t n = weights.size(0);
-  const std::vector<int64_t> cap = to_vec(caps, "caps"), mn = to_vec(mins, "mins");
-  TORCH_CHECK_VALUE(static_cast<int64_t>(cap.size()) == n && static_cast<int64_t>(mn.size()) == n,
-                    "caps and mins must have one entry per image (", n, ")");
-  const std::vector<int64_t> ro = read_offsets(req_offsets, "req_offsets", n, "n (images)");
+py::array_t<int64_t> allocate_budgets_py(const F64& weights, const I64& caps, const I64& mins,
+                                         const I64& req_offsets, const I64& totals,
+                                         int64_t num_threads) {
+  check_threads(num_threads);
+  const int64_t n = len1(weights, "weights");
+  check(len1(caps, "caps") == n && len1(mins, "mins") == n,
+        "caps and mins must have one entry per image (", n, ")");
+  const std::vector<int64_t> ro = read_offsets(
+      req_offsets.data(), len1(req_offsets, "req_offsets"), "req_offsets", n, "n (images)");
   const int64_t R = static_cast<int64_t>(ro.size()) - 1;
-  const std::vector<int64_t> tot = to_vec(totals, "totals");
-  TORCH_CHECK_VALUE(static_cast<int64_t>(tot.size()) == R, "totals must have one entry per "
-                    "request (", R, "), got ", tot.size());
-  const at::Tensor wd = weights.to(at::kDouble).contiguous();
-  const double* w = wd.data_ptr<double>();
-  at::Tensor out = at::empty({n}, weights.options().dtype(at::kLong));
-  int64_t* b = out.data_ptr<int64_t>();
-  for (int64_t r = 0; r < R; ++r)
-    allocate_one(w + ro[r], cap.data() + ro[r], mn.data() + ro[r], ro[r + 1] - ro[r], tot[r],
-                 b + ro[r]);
+  const int64_t nt = len1(totals, "totals");
+  check(nt == R, "totals must have one entry per request (", R, "), got ", nt);
+  py::array_t<int64_t> out(n);
+  int64_t* b = out.mutable_data();
+  const double* w = weights.data();
+  const int64_t* cap = caps.data();
+  const int64_t* mn = mins.data();
+  const int64_t* tot = totals.data();
+  {
+    py::gil_scoped_release release;
+    for (int64_t r = 0; r < R; ++r)
+      allocate_one(w + ro[r], cap + ro[r], mn + ro[r], ro[r + 1] - ro[r], tot[r], b + ro[r]);
+  }
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(adaptive_prune_cpp, CPU, m) {
-  m.impl("allocate_budgets", &allocate_budgets_cpu);
-}
+AP_REGISTER_OP("allocate_budgets", "", [](py::module_& m) {
+  m.def("allocate_budgets", &allocate_budgets_py, py::arg("weights"), py::arg("caps"),
+        py::arg("mins"), py::arg("req_offsets"), py::arg("totals"), py::kw_only(),
+        py::arg("num_threads"), "Per-image budgets b [n] int64 (float64 water-filling)");
+});
 
 }  // namespace adaptive_prune_cpu

@@ -1,11 +1,6 @@
 // Max-min greedy engine (see maxmin.h for the maths of the exact pruning).
 #include "maxmin.h"
 
-#include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
-#include <ATen/ops/mm.h>
-
-
 namespace adaptive_prune_cpu {
 namespace {
 
@@ -169,14 +164,13 @@ void MaxMin::build_projection() {
   // change the speed, not the result), then orthonormal rows by Gram-Schmidt applied twice
   // (CGS2). Rows numerically in the span of the previous ones become zero, which keeps Q^T Q
   // a projector.
-  at::Tensor xt = at::from_blob(const_cast<float*>(X_), {m_, D_}, at::kFloat);
-  at::Tensor g = at::empty({dp_, m_}, at::kFloat);
-  float* gp = g.data_ptr<float>();
+  FloatBuf g(static_cast<size_t>(dp_ * m_));
   for (int64_t c = 0; c < dp_; ++c)
     for (int64_t i = 0; i < m_; ++i)
-      gp[c * m_ + i] = (splitmix64(static_cast<uint64_t>(c * m_ + i)) >> 63) ? 1.f : -1.f;
-  at::Tensor q = at::mm(g, xt).contiguous();  // [dp, D]
-  float* qp = q.data_ptr<float>();
+      g[c * m_ + i] = (splitmix64(static_cast<uint64_t>(c * m_ + i)) >> 63) ? 1.f : -1.f;
+  FloatBuf q(static_cast<size_t>(dp_ * D_));  // [dp, D]
+  sign_sketch(X_, m_, D_, g.data(), dp_, q.data());
+  float* qp = q.data();
   for (int64_t c = 0; c < dp_; ++c) {
     float* v = qp + c * D_;
     const float n0 = std::sqrt(dot(v, v, D_));
@@ -194,8 +188,12 @@ void MaxMin::build_projection() {
     }
     for (int64_t k = 0; k < D_; ++k) v[k] /= n1;
   }
-  at::Tensor p = at::mm(q, xt.t()).contiguous();  // [dp, m], original row order
-  pT_.assign(p.data_ptr<float>(), p.data_ptr<float>() + dp_ * m_);
+  // p_i = Q x_i for every row, then transposed to [dp, m] (original row order)
+  FloatBuf p(static_cast<size_t>(m_ * dp_));
+  dot_rows_multi(X_, m_, D_, qp, dp_, p.data(), dp_);
+  pT_.resize(static_cast<size_t>(dp_ * m_));
+  for (int64_t i = 0; i < m_; ++i)
+    for (int64_t c = 0; c < dp_; ++c) pT_[c * m_ + i] = p[i * dp_ + c];
   r_.resize(static_cast<size_t>(m_));
   for (int64_t i = 0; i < m_; ++i) {
     double p2 = 0.0;
@@ -210,7 +208,7 @@ void MaxMin::build_leaves() {
   if (dp_ > 0) {
     kd_split(perm_, 0, m_, pT_.data(), dp_, m_, leaf_);
     // projections and residuals in leaf order
-    std::vector<float> pl(pT_.size()), rl(r_.size());
+    FloatBuf pl(pT_.size()), rl(r_.size());
     for (int64_t c = 0; c < dp_; ++c)
       for (int64_t l = 0; l < m_; ++l) pl[c * m_ + l] = pT_[c * m_ + perm_[l]];
     for (int64_t l = 0; l < m_; ++l) rl[l] = r_[perm_[l]];
@@ -310,7 +308,7 @@ int64_t MaxMin::pick(int64_t j) {
 
 void MaxMin::to_dense() {
   // back to row order and consecutive leaves: dense passes then stream through X
-  std::vector<float> acc(static_cast<size_t>(m_));
+  FloatBuf acc(static_cast<size_t>(m_));
   for (int64_t l = 0; l < m_; ++l) acc[perm_[l]] = acc_[l];
   acc_.swap(acc);
   std::iota(perm_.begin(), perm_.end(), 0);

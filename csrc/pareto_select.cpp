@@ -12,10 +12,7 @@
 // level never increases with the level (a point of level L+1 has a dominator in level L), so
 // front(j) = number of levels whose largest f2 is >= f2(j): a binary search. Copies of a point
 // are visited together and share its front.
-#include <ATen/ops/zeros.h>
-#include <torch/library.h>
-
-#include "common.h"
+#include "binding.h"
 
 namespace adaptive_prune_cpu {
 namespace {
@@ -72,30 +69,27 @@ std::vector<double> crowding(const std::vector<int64_t>& mem, const double* f1, 
   return dist;
 }
 
-at::Tensor pareto_select_cpu(const at::Tensor& gains, const at::Tensor& align,
-                             const at::Tensor& offsets, at::IntArrayRef k) {
-  check_cpu(gains, "gains");
-  check_cpu(align, "align");
-  TORCH_CHECK_VALUE(gains.dim() == 1, "gains must be 1-D [K], got shape ", gains.sizes());
-  TORCH_CHECK_VALUE(align.dim() == 1 && align.size(0) == gains.size(0),
-                    "align must be [K] like gains, got shape ", align.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(gains.scalar_type()) &&
-                       at::isFloatingType(align.scalar_type()),
-                   "gains and align must be floating, got ", gains.scalar_type(), " and ",
-                   align.scalar_type());
-  const int64_t K = gains.size(0);
-  const std::vector<int64_t> so = read_offsets(offsets, "offsets", K, "K (points)");
+py::array_t<bool> pareto_select_py(const F64& gains, const F64& align, const I64& offsets,
+                                   const std::vector<int64_t>& k, int64_t num_threads) {
+  const int64_t K = len1(gains, "gains");
+  check(align.ndim() == 1 && align.shape(0) == K, "align must be [K] like gains, got ",
+        align.ndim(), " dimensions of ", align.ndim() ? align.shape(0) : 0);
+  const std::vector<int64_t> so = read_offsets(offsets.data(), len1(offsets, "offsets"),
+                                               "offsets", K, "K (points)");
   const int64_t S = static_cast<int64_t>(so.size()) - 1;
-  TORCH_CHECK_VALUE(static_cast<int64_t>(k.size()) == S, "k must have one entry per segment (",
-                    S, "), got ", k.size());
-  const at::Tensor gd = gains.to(at::kDouble).contiguous(), ad = align.to(at::kDouble).contiguous();
-  const double* g = gd.data_ptr<double>();
-  const double* a = ad.data_ptr<double>();
-  at::Tensor keep = at::zeros({K}, gains.options().dtype(at::kBool));
-  bool* kp = keep.data_ptr<bool>();
+  check(static_cast<int64_t>(k.size()) == S, "k must have one entry per segment (", S, "), got ",
+        k.size());
+  check_threads(num_threads);
+  const double* g = gains.data();
+  const double* a = align.data();
+  py::array_t<bool> keep_a(K);
+  bool* kp = keep_a.mutable_data();
+  {
+  py::gil_scoped_release release;
+  std::fill(kp, kp + K, false);
   std::vector<double> cost(static_cast<size_t>(S));
   for (int64_t r = 0; r < S; ++r) cost[r] = double(so[r + 1] - so[r]);
-  parallel_items(cost, [&](int64_t r) {
+  parallel_items(cost, num_threads, [&](int64_t r) {
     const int64_t s0 = so[r], n = so[r + 1] - so[r], kr = k[r];
     if (kr <= 0 || n == 0) return;
     const std::vector<int64_t> front = fronts_2d(g + s0, a + s0, n);
@@ -119,11 +113,16 @@ at::Tensor pareto_select_cpu(const at::Tensor& gains, const at::Tensor& align,
       taken = kr;
     }
   });
-  return keep;
+  }
+  return keep_a;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(adaptive_prune_cpp, CPU, m) { m.impl("pareto_select", &pareto_select_cpu); }
+AP_REGISTER_OP("pareto_select", "", [](py::module_& m) {
+  m.def("pareto_select", &pareto_select_py, py::arg("gains"), py::arg("align"),
+        py::arg("offsets"), py::arg("k"), py::kw_only(), py::arg("num_threads"),
+        "Keep mask [K] bool with exactly k[r] points of every segment (float64 logic)");
+});
 
 }  // namespace adaptive_prune_cpu

@@ -131,6 +131,7 @@ if REASON is None:
         if hasattr(_core, _name):
             TABLE[_name] = _make(_name, getattr(_core, _name), tuple(_knobs.get(_name, ())))
 
+
 def unavailable() -> Optional[str]:
     """None when the core serves the CPU ops, else why not (with the fix)."""
     return REASON

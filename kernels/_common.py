@@ -91,10 +91,6 @@ def block_groups(sizes: Sequence[int], budget_mb: Optional[float]) -> list[tuple
     return groups
 
 
-# Launch configurations (data, not autotuning): (GPU value, interpreter value) and why. The GPU
-# values were chosen with ``python -m adaptive_prune.kernels._compile_check`` (ptxas for sm_90,
-# no GPU needed): the largest tiles that compile without register spills. The interpreter runs
-# programs one by one, so there few big tiles are fastest.
 def _triton_version() -> tuple[int, int]:
     try:
         return tuple(int(v) for v in triton.__version__.split(".")[:2])  # type: ignore[return-value]
@@ -104,6 +100,11 @@ def _triton_version() -> tuple[int, int]:
 
 TRITON_VERSION = _triton_version()
 
+
+# Launch configurations (data, not autotuning): (GPU value, interpreter value) and why. The GPU
+# values were chosen with ``python -m adaptive_prune.kernels._compile_check`` (ptxas for sm_90,
+# no GPU needed): the largest tiles that compile without register spills. The interpreter runs
+# programs one by one, so there few big tiles are fastest.
 CONFIGS = {
     # Similarity blocks, 16-bit inputs: 128x128 output tiles, K step 32, 8 warps (K step 64
     # spilled 228 stores; 4 warps spilled thousands). Triton before 3.9 spills 364-512 stores

@@ -386,7 +386,7 @@ def floors(rows: Rows, x, counts, B1, P, tm, gpu_rows: bool) -> list[float]:
             continue
         r = rows.measure(label, "floor", "torch", tm(fn))
         if r:
-            r["note"] = f"{flops / 1e12:.3f} TFLOP at {flops / r['ms_median'] / 1e9:.0f} TFLOP/s"
+            r["note"] = f"{flops / 1e12:.3f} TFLOP at {flops / r['ms_median'] / 1e9:.3g} TFLOP/s"
             out.append(r["ms_median"])
     if not gpu_rows:
         rows.measure(

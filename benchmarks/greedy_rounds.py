@@ -16,16 +16,16 @@ Usage::
     python benchmarks/greedy_rounds.py --quick    # keep 25 % only, windows 64
     python benchmarks/greedy_rounds.py --dry-run  # small synthetic input, nothing written
 
-Inputs: the 16 real 576-token images of ``speed_cpu.py`` (384-dim DINOv2-S/14 patch tokens;
-the speed benchmarks lift them to D = 3584 by an orthogonal map, which keeps every cosine, so
-the picks and the chain lengths are the same), with the 64 text tokens of ``speed_gpu.py``.
+Inputs: the 16 real 576-token images of ``benchmarks/_harness.py`` (384-dim DINOv2-S/14
+patch tokens; the speed benchmarks lift them to D = 3584 by an orthogonal map, which keeps every
+cosine, so the picks and the chain lengths are the same), with the 64 text tokens of
+``speed.py --device cuda`` (``_harness.real_16x576``).
 Outputs: a table, rows appended to ``benchmarks/results/greedy_rounds.csv``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -40,7 +40,7 @@ if not torch.cuda.is_available():
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [p for p in (str(REPO), str(REPO / "benchmarks")) if p not in sys.path]
 
-import _env  # noqa: E402
+import _harness as H  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results" / "greedy_rounds.csv"
 FIELDS = (
@@ -51,39 +51,20 @@ FIELDS = (
 
 
 def captured_calls(x, cu, text, keep):
-    """The composition's greedy_select and global_greedy arguments for one prune() call."""
+    """The composition's greedy_select and global_greedy arguments for one prune() call
+    (observed with a dispatch mode; the call runs unchanged)."""
     import adaptive_prune as ap
-    from adaptive_prune.methods import adaptive
 
-    calls: dict = {}
-    saved = adaptive.ops
-
-    def grab(name):
-        fn = getattr(saved, name)
-
-        def run(*a):
-            calls[name] = a
-            return fn(*a)
-
-        return staticmethod(run)
-
-    adaptive.ops = type("Capture", (), {n: grab(n) for n in ("greedy_select", "global_greedy")}
-                        | {n: staticmethod(getattr(saved, n)) for n in saved.ALL_OPS
-                           if n not in ("greedy_select", "global_greedy")})  # fmt: skip
-    try:
+    with H.OpCapture(("greedy_select", "global_greedy")) as cap:
         ap.prune(x, cu, text, keep_ratio=keep)
-    finally:
-        adaptive.ops = saved
-    return calls
+    return cap.args
 
 
 def cuda_ms(fn, runs=5):
-    """Median CUDA-event time (ms) of ``fn`` with the GPU benchmark's timer; None on a CPU."""
+    """Median CUDA-event time (ms) of ``fn`` (the harness's timer); None on a CPU."""
     if not torch.cuda.is_available():
         return None
-    import speed_gpu
-
-    return statistics.median(speed_gpu.timed(fn, runs, warmup=1))
+    return statistics.median(H.timed(fn, runs, warmup=1, cuda=True, budget_s=5.0))
 
 
 def one_keep(x, cu, text, keep: float, windows, cond: dict) -> list[dict]:
@@ -140,7 +121,7 @@ def one_keep(x, cu, text, keep: float, windows, cond: dict) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="keep 25 %% and window 64 only")
-    p.add_argument("--csv", type=Path, default=OUT)
+    p.add_argument("--csv", type=Path, default=OUT, help="CSV to append to (not in a dry run)")
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -148,19 +129,16 @@ def main(argv=None) -> int:
     )
     args = p.parse_args(argv)
 
-    import speed_gpu
-
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.dry_run:
-        x, counts, text = speed_gpu.synthetic(4, 48, 64)
+        x, counts, text = H.synthetic(4, 48, 64)
     else:
-        x, counts, text = speed_gpu.real_16x576(384)
+        x, counts, text = H.real_16x576(384, text_rows=64)
     x, text = x.to(dev), text.to(dev)
     cu = torch.tensor([0] + torch.tensor(counts).cumsum(0).tolist(), dtype=torch.int64)
-    cond = _env.conditions() | {
+    c = H.conditions()
+    cond = {k: c[k] for k in ("date", "git_commit", "machine", "cpu", "torch", "triton")} | {
         "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (interpreter)",
-        "torch": torch.__version__,
-        "triton": _env.triton_version(),
         "images": len(counts),
         "tokens_per_image": counts[0],
     }
@@ -182,13 +160,7 @@ def main(argv=None) -> int:
     ok = all(r["same_as_step"] for r in rows)
     if args.dry_run:
         return 0 if ok else 1
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    new = not args.csv.exists()
-    with args.csv.open("a", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        if new:
-            wr.writeheader()
-        wr.writerows(rows)
+    H.append_csv(args.csv, rows, FIELDS)
     print(f"\nappended {len(rows)} rows to {args.csv}")
     return 0 if ok else 1
 

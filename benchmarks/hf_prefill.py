@@ -37,9 +37,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "benchmarks")) if p not in sys.path]  # _env
+sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "benchmarks")) if p not in sys.path]
 
-import _env  # noqa: E402
+import _harness as H  # noqa: E402  (run conditions)
 import transformers  # noqa: E402
 
 import adaptive_prune  # noqa: E402
@@ -256,7 +256,7 @@ def _run(model, inp, reps, sync, ratios, method):
 def _machine(device) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"{_env.cpu_model()} ({os.cpu_count()} cpus)"
+    return f"{H.cpu_model()} ({os.cpu_count()} cpus)"
 
 
 def main(argv=None) -> None:
@@ -290,7 +290,7 @@ def main(argv=None) -> None:
         torch=torch.__version__,
         transformers=transformers.__version__,
         adaptive_prune=adaptive_prune.__version__,
-        commit=_env.git_commit(dirty="-dirty", missing="none"),
+        commit=H.git_commit(dirty="-dirty", missing="none"),
     )
     rows = []
     for name in args.configs.split(","):

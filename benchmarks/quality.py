@@ -39,7 +39,6 @@ method).
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 import time
@@ -52,9 +51,9 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [p for p in (str(REPO), str(REPO / "benchmarks")) if p not in sys.path]  # _env
+sys.path[:0] = [p for p in (str(REPO), str(REPO / "benchmarks")) if p not in sys.path]
 
-import _env  # noqa: E402
+import _harness as H  # noqa: E402  (run conditions, CSV writer)
 
 import adaptive_prune as ap  # noqa: E402
 from adaptive_prune import backends  # noqa: E402
@@ -300,11 +299,10 @@ def quality_index(res: dict, ref: dict, split: str, scenario: Optional[str] = No
 # Conditions, CSV, tables, plots
 # --------------------------------------------------------------------------------------------
 def conditions(instances: list[Instance]) -> dict:
+    env = H.conditions()
     return {
-        **_env.conditions(),
+        **{k: env[k] for k in ("date", "git_commit", "machine", "cpu", "torch", "triton")},
         "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "triton": _env.triton_version(),
         "backend": backends.serving("greedy_select", "cpu")[0],
         "dtype": "float32 (stored float16)",
         "dim": int(instances[0].tokens.shape[1]) if instances else 0,
@@ -353,13 +351,7 @@ def csv_rows(cond: dict, instances, method: str, options: dict, q: int, res: dic
 
 
 def append_csv(path: Path, rows: list[dict]) -> None:
-    new = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    H.append_csv(path, rows, CSV_FIELDS)
 
 
 def _fmt(v: Optional[float], metric: str) -> str:
@@ -726,7 +718,7 @@ def main(argv=None) -> int:
 
     abl_md = []
     if not args.skip_ablation and "adaptive" in args.methods:
-        from adaptive_prune.adaptive import OPTIONS
+        from adaptive_prune.methods.adaptive import OPTIONS
 
         defaults = {k: v[0] for k, v in OPTIONS.items()}
         ref_name = "divprune_pooled"

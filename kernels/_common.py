@@ -91,14 +91,26 @@ def block_groups(sizes: Sequence[int], budget_mb: Optional[float]) -> list[tuple
     return groups
 
 
+def _triton_version() -> tuple[int, int]:
+    try:
+        return tuple(int(v) for v in triton.__version__.split(".")[:2])  # type: ignore[return-value]
+    except ValueError:
+        return (0, 0)
+
+
+TRITON_VERSION = _triton_version()
+
+
 # Launch configurations (data, not autotuning): (GPU value, interpreter value) and why. The GPU
 # values were chosen with ``python -m adaptive_prune.kernels._compile_check`` (ptxas for sm_90,
 # no GPU needed): the largest tiles that compile without register spills. The interpreter runs
 # programs one by one, so there few big tiles are fastest.
 CONFIGS = {
     # Similarity blocks, 16-bit inputs: 128x128 output tiles, K step 32, 8 warps (K step 64
-    # spilled 228 stores; 4 warps spilled thousands).
-    "sim_block": (128, 64),
+    # spilled 228 stores; 4 warps spilled thousands). Triton before 3.9 spills 364-512 stores
+    # at 128x128 (checked with 3.6) and none at 64x64: those versions get 64x64 tiles (the same
+    # K step; each entry is still one fp32 dot over D, checked against the reference).
+    "sim_block": (128 if TRITON_VERSION >= (3, 9) else 64, 64),
     "sim_k": (32, 64),
     "sim_warps": (8, 4),
     "sim_stages": (3, 1),

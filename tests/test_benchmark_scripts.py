@@ -3,15 +3,19 @@
 ``benchmarks/gpu_check.sh`` is run once on a lent GPU machine with little time to spare: a
 script that breaks on a path only that run takes wastes it. Here each script runs in a
 subprocess on small synthetic inputs with the Triton kernels interpreted (the same code paths
-as on a GPU except the timers and the CSV), and its printed checks are read back.
+as on a GPU except the timers), its printed checks and CSV rows are read back, and
+``gpu_check.sh --dry-run`` is killed mid-run to check that what it measured stays behind.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,28 +36,60 @@ def run_script(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def test_speed_gpu_dry_run_runs_every_row_on_the_triton_kernels(tmp_path):
-    summary = tmp_path / "summary.md"
+def _table_rows(out: str) -> dict[str, list[str]]:
+    """``row name -> cells`` of the last markdown table rows printed (the table with ratios)."""
+    rows = {}
+    for line in out.split("### speed targets")[0].splitlines():
+        if line.startswith("| ") and not line.startswith("| row |"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_speed_cuda_dry_run_runs_every_row_on_the_triton_kernels(tmp_path):
+    summary, csv_path = tmp_path / "summary.md", tmp_path / "speed.csv"
     p = run_script(
-        "benchmarks/speed_gpu.py", "--device", "cpu", "--scenarios", "16x576",
-        "--summary", str(summary),
+        "benchmarks/speed.py", "--device", "cuda", "--dry-run", "--scenarios", "16x576",
+        "--summary", str(summary), "--csv", str(csv_path),
     )  # fmt: skip
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = p.stdout
+    rows = _table_rows(out)
     # the greedy variants and the reference return the default's indices
-    assert out.count("same indices as the default window 64: True") == 2, out
-    assert "same indices as triton: True" in out, out
-    assert ": False" not in out, out
-    for row in ("| adaptive (triton) |", "| divprune |", "| cdpruner |", "floor: stage-2"):
-        assert row in out, row
-    # every op ran on the Triton kernels, and the per-op breakdown timed each of them
-    backends = next(line for line in out.splitlines() if line.startswith("backends on cpu:"))
+    for row in ("adaptive (triton), greedy one pick per step",
+                "adaptive (triton), greedy window 128", "adaptive (reference)"):  # fmt: skip
+        assert "same indices as the default: True" in rows[row][-1], rows[row]
+    assert rows["adaptive (triton), greedy one pick per step"][1] == "triton greedy_window=0"
+    for row in ("adaptive (triton)", "divprune", "cdpruner", "floor: stage-2 pool GEMM (B1 x B1)"):
+        assert row in rows, row
+    assert "failed" not in out, out
+    # the per-op split timed every op, on the Triton kernels (the routing's choice in the block)
     ops = next(line for line in out.splitlines() if line.startswith("per op, ms"))
     for op in ("budget_scores", "allocate_budgets", "greedy_select", "global_greedy",
                "token_alignment", "pareto_select"):  # fmt: skip
-        assert f"{op} triton" in backends, backends
         assert op in ops, ops
     assert summary.read_text().startswith("### speed targets"), summary.read_text()
+    # one CSV row per table row, with the conditions
+    with csv_path.open() as f:
+        written = list(csv.DictReader(f))
+    assert [r["row"] for r in written] == list(rows), written
+    assert {r["device"] for r in written} == {"cuda (dry run)"}
+    assert all(r["git_commit"] and r["torch"] and r["scenario"] == "16x576" for r in written)
+
+
+def test_speed_cpu_dry_run_has_the_cpu_rows(tmp_path):
+    p = run_script("benchmarks/speed.py", "--device", "cpu", "--dry-run", "--threads", "1")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = _table_rows(p.stdout)
+    main = "adaptive (C++)" if "adaptive (C++)" in rows else "adaptive (reference: no C++)"
+    assert rows[main][5] == "" or float(rows[main][5]) > 0, rows[main]  # x floor
+    if main == "adaptive (C++)":
+        dense = rows["adaptive (C++, dense: proj_dim=0)"]
+        assert dense[1] == "cpp proj_dim=0" and dense[-1].endswith("True"), dense
+        assert rows["adaptive (reference)"][6] == "1.0x", rows["adaptive (reference)"]
+    for method in ("divprune", "cdpruner", "uniform", "floor: stage-1 + stage-2 pool"):
+        assert method in rows, method
+    assert "appended" not in p.stdout  # a dry run writes no CSV unless asked
 
 
 def test_greedy_rounds_dry_run_matches_the_step_loops():
@@ -69,15 +105,56 @@ def test_greedy_rounds_dry_run_matches_the_step_loops():
     assert "appended" not in p.stdout  # a dry run writes no CSV
 
 
-def test_gpu_check_script_parses_and_refuses_a_machine_without_cuda():
+def _bash() -> str:
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("no bash")
+    return bash
+
+
+def test_gpu_check_script_parses_and_refuses_a_machine_without_cuda(tmp_path):
+    bash = _bash()
     syntax = subprocess.run([bash, "-n", "benchmarks/gpu_check.sh"], cwd=ROOT,
                             capture_output=True, text=True)  # fmt: skip
     assert syntax.returncode == 0, syntax.stderr
     env = dict(CPU_ENV, PYTHON=sys.executable)
-    p = subprocess.run([bash, "benchmarks/gpu_check.sh"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120, env=env)  # fmt: skip
+    p = subprocess.run([bash, "benchmarks/gpu_check.sh", str(tmp_path / "out")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
     assert p.returncode == 3, p.stdout + p.stderr
     assert "no CUDA device" in p.stdout
+    assert "no CUDA device" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_gpu_check_killed_mid_run_leaves_its_logs_and_csv(tmp_path):
+    """The GPU machine kills the check at its time limit: what ran before must be in the
+    output folder. A dry run is killed (SIGKILL, whole process group) as soon as the first
+    speed step is over, i.e. during the next step."""
+    bash, out = _bash(), tmp_path / "out"
+    env = dict(CPU_ENV, PYTHON=sys.executable, TMPDIR=str(tmp_path))
+    env.pop("OUT", None)
+    proc = subprocess.Popen([bash, "benchmarks/gpu_check.sh", "--dry-run", str(out)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    csv_path, summary_path = out / "speed.csv", out / "summary.md"
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and proc.poll() is None:
+            if summary_path.exists() and "- speed_16x576: rc=" in summary_path.read_text():
+                break  # step 1 is over, step 2 (pytest) starts: kill it there
+            time.sleep(0.1)
+        assert proc.poll() is None, "the dry run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {r["scenario"] for r in rows} == {"16x576"}, rows
+    log = (out / "speed_16x576.log").read_text()
+    assert "| divprune |" in log and "appended" in log, log
+    assert (out / "pytest.log").exists()  # the step it was killed in
+    summary = summary_path.read_text()
+    assert "- speed_16x576: rc=0" in summary, summary
+    assert "## gpu_check summary" not in summary, summary  # it was killed before the end
+    assert len(list(out.iterdir())) <= 8

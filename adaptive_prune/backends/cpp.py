@@ -101,6 +101,8 @@ def _make(name: str, fn: Callable, knobs: tuple[str, ...]) -> Callable:
 
     def impl(*args, num_threads: Optional[int] = None, **kwargs):
         extra = {k: kwargs.pop(k) for k in list(kwargs) if k in knobs}
+        for k in ALL_KNOBS:  # a knob of the backend that this op does not take
+            kwargs.pop(k, None)
         if sig is not None and kwargs:
             args = sig.bind(*args, **kwargs).args
         elif kwargs:
@@ -122,6 +124,9 @@ def _make(name: str, fn: Callable, knobs: tuple[str, ...]) -> Callable:
         impl.__signature__ = sig.replace(parameters=params)
     return impl
 
+
+# the backend's knobs besides num_threads (each op takes the ones it lists in _core.KNOBS)
+ALL_KNOBS = ("proj_dim",)
 
 REASON = _load()
 if REASON is None:

@@ -32,7 +32,13 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 PACKAGES = {
-    "packages": ["adaptive_prune", "adaptive_prune.data", "adaptive_prune.kernels"],
+    "packages": [
+        "adaptive_prune",
+        "adaptive_prune.data",
+        "adaptive_prune.kernels",
+        "adaptive_prune.integrations",
+        "adaptive_prune.integrations.vllm",
+    ],
     "package_dir": {"adaptive_prune.kernels": "kernels"},
     "package_data": {"adaptive_prune.data": ["*.npz"]},
 }

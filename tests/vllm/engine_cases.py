@@ -89,7 +89,7 @@ class Reference:
             kw["do_sample_frames"] = False
         return self.proc(text=[prompt], return_tensors="pt", **kw)
 
-    def run(self, enc, kept_by_item=None):
+    def run(self, enc, kept_by_item=None, compact=False):
         """Top logprobs of the next token with only ``kept_by_item`` visual rows (all rows when
         None), each at its original position. Returns (logprobs [V], pruned ids, positions)."""
         import torch
@@ -145,8 +145,11 @@ class Reference:
                     mask = torch.zeros(length, dtype=torch.bool)
                     mask[torch.tensor(kept_by_item[k], dtype=torch.long)] = True
                     keep[start : start + length] = mask
+            kept_pos = pos[:, :, keep]
+            if compact:  # the wrong positions a naive pruner gives: 0..L-1 on every axis
+                kept_pos = torch.arange(kept_pos.shape[-1]).view(1, 1, -1).expand(3, 1, -1)
             out = self.model.model.language_model(
-                inputs_embeds=emb[:, keep], position_ids=pos[:, :, keep], use_cache=False
+                inputs_embeds=emb[:, keep], position_ids=kept_pos, use_cache=False
             )
             logits = self.model.lm_head(out.last_hidden_state[:, -1])
             lp = torch.log_softmax(logits.float(), -1)[0]
@@ -196,11 +199,17 @@ def _check_request(ref, enc, got, recs, budget_kr=None, min_per_image=1):
     """Compare one pruned vLLM request with transformers given the recorded selections."""
     import torch
 
+    # records come in encoding order; put them in prompt order (per modality, order is kept)
+    mods = [_modality_of(ref, t) for t in _item_tokens(ref, enc["input_ids"][0].tolist())]
+    pools = {m: [r for r in recs if r["modality"] == m] for m in ("image", "video")}
+    recs = [pools[m].pop(0) for m in mods]
     kept = [r["kept"] for r in recs]
     lp, ids, pos, runs, rows = ref.run(enc, kept)
     sizes = [length for _, _, length in runs]
     counts = [len(k) for k in kept]
     diff = max(abs(lp[t].item() - v) for t, v in got["logprobs"].items())
+    lp_compact = ref.run(enc, kept, compact=True)[0]
+    compact_diff = max(abs(lp_compact[t].item() - v) for t, v in got["logprobs"].items())
     # the kept rows' positions as the plugin computed them (item offsets + the item's start)
     pos_ok = True
     for (mod, start, _), rec in zip(runs, recs):
@@ -229,10 +238,22 @@ def _check_request(ref, enc, got, recs, budget_kr=None, min_per_image=1):
         "min_count": min(counts) if counts else 0,
         "prompt_ids_match": ids == got["prompt_ids"],
         "logprob_maxdiff": diff,
+        "compact_positions_logprob_maxdiff": compact_diff,
         "positions_match": pos_ok,
         "reselect_match": resel == kept,
         "kept": kept,
     }
+
+
+def _item_tokens(ref, flat):
+    """The placeholder token of each item, in prompt order."""
+    cfg = ref.model.config
+    pads = {cfg.image_token_id, cfg.video_token_id}
+    return [t for i, t in enumerate(flat) if t in pads and (i == 0 or flat[i - 1] != t)]
+
+
+def _modality_of(ref, token):
+    return "image" if token == ref.model.config.image_token_id else "video"
 
 
 def _prepare_positions(ref, enc):

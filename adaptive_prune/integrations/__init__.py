@@ -1,1 +1,1 @@
-"""Integrations of adaptive_prune with serving engines (optional; each imports its engine lazily)."""
+"""Integrations with serving engines; each one imports its engine lazily."""

@@ -100,7 +100,9 @@ def check_options(
             f"adaptive_prune: min_per_image must be >= 1 (vLLM needs at least one token per "
             f"item), got {min_per_image!r}"
         )
-    return PruneOptions(kr, str(prune_mode), int(min_per_image), _parse_bool("text_aware", text_aware))
+    return PruneOptions(
+        kr, str(prune_mode), int(min_per_image), _parse_bool("text_aware", text_aware)
+    )
 
 
 def resolve_options(
@@ -121,7 +123,7 @@ def resolve_options(
 
 
 def total_budget(num_tokens: int, keep_ratio: float) -> int:
-    """The request's kept total, ``floor(keep_ratio * N + 0.5)`` (as in ``adaptive_prune.prune``)."""
+    """The request's kept total ``floor(keep_ratio * N + 0.5)``, as in ``adaptive_prune.prune``."""
     return int(math.floor(float(keep_ratio) * int(num_tokens) + 0.5))
 
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 HOOK_MODULE = "adaptive_prune_tv_stub"
 
-HOOK_SOURCE = '''"""Written by adaptive_prune.integrations.vllm.cpu_install: define the torchvision::nms and
-torchvision::qnms schemas before torchvision is first imported (CPU torch with a CUDA
-torchvision wheel)."""
+HOOK_SOURCE = '''"""Written by adaptive_prune.integrations.vllm.cpu_install: define the
+torchvision::nms and torchvision::qnms schemas before torchvision is first imported (CPU torch
+with a CUDA torchvision wheel)."""
 import sys
 
 _state = []

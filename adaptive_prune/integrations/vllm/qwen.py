@@ -23,6 +23,17 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from vllm.multimodal import MULTIMODAL_REGISTRY  # noqa: E402  (after our pure modules)
+from vllm.multimodal.inputs import (  # noqa: E402
+    MultiModalBatchedField,
+    MultiModalFieldElem,
+    MultiModalKwargsItem,
+    MultiModalKwargsItems,
+)
+from vllm.multimodal.processing.processor import (  # noqa: E402
+    MultiModalProcessingResult,
+    PromptUpdateDetails,
+)
 
 from .allocation import (
     OPTION_NAMES,
@@ -35,18 +46,6 @@ from .allocation import (
     total_budget,
 )
 from .selection import item_positions, select_rows
-
-from vllm.multimodal import MULTIMODAL_REGISTRY  # noqa: E402  (after our pure modules)
-from vllm.multimodal.inputs import (  # noqa: E402
-    MultiModalBatchedField,
-    MultiModalFieldElem,
-    MultiModalKwargsItem,
-    MultiModalKwargsItems,
-)
-from vllm.multimodal.processing.processor import (  # noqa: E402
-    MultiModalProcessingResult,
-    PromptUpdateDetails,
-)
 
 # Extra per-item fields (one set per modality, so that batched fields stay per modality).
 KEEP_KEY = "ap_{}_keep"
@@ -72,7 +71,9 @@ def _encode_offsets(offsets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _decode_offsets(cols: torch.Tensor) -> torch.Tensor:
     """``[k, 6]`` columns -> ``[3, k]`` int64 offsets."""
     c = cols.round().long()
-    return torch.stack([c[:, 0] * POS_BASE + c[:, 1], c[:, 2] * POS_BASE + c[:, 3], c[:, 4] * POS_BASE + c[:, 5]])
+    return torch.stack(
+        [c[:, 0] * POS_BASE + c[:, 1], c[:, 2] * POS_BASE + c[:, 3], c[:, 4] * POS_BASE + c[:, 5]]
+    )
 
 
 # ---------------------------------------------------------------------------------- front end
@@ -196,7 +197,7 @@ class PruneModelMixin:
 
     def _ap_hidden_size(self) -> int:
         cfg = self.config
-        return int(getattr(getattr(cfg, "text_config", cfg), "hidden_size"))
+        return int(getattr(cfg, "text_config", cfg).hidden_size)
 
     def _ap_t_scale(self, modality: str, second_per_grid: Optional[float]) -> float:
         if modality != "video":
@@ -221,7 +222,6 @@ class PruneModelMixin:
             }.get(key)
             if m is not None and m not in order:
                 order.append(m)
-        merge = int(self.config.vision_config.spatial_merge_size)
         out = []
         idx = 0
         for m in order:
@@ -287,8 +287,11 @@ class PruneModelMixin:
                 positions = positions.clone()
                 positions[:, where] += offsets.to(positions.dtype)
         return super().forward(
-            input_ids, positions, intermediate_tensors=intermediate_tensors,
-            inputs_embeds=inputs_embeds, **kw,
+            input_ids,
+            positions,
+            intermediate_tensors=intermediate_tensors,
+            inputs_embeds=inputs_embeds,
+            **kw,
         )
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
@@ -318,7 +321,9 @@ class PruneModelMixin:
             cols.append(np.broadcast_to(np.arange(text_len) + nxt, (3, text_len)))
             nxt += text_len
         pos = np.concatenate(cols, axis=1) if cols else np.zeros((3, 0), np.int64)
-        return torch.from_numpy(np.ascontiguousarray(pos, dtype=np.int64)), int(nxt - len(input_tokens))
+        return torch.from_numpy(np.ascontiguousarray(pos, dtype=np.int64)), int(
+            nxt - len(input_tokens)
+        )
 
 
 def _as_list(x: Any) -> Optional[list]:

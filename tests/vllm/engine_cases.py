@@ -357,7 +357,7 @@ def run_case(case: str, model_dir: str) -> dict:
         video = _video()
         prompt = _prompt(["video", "image"], "What happens in the video?")
         llm = _llm(model_dir, ARCH)
-        kw = {"keep_ratio": 0.35}
+        kw = {"keep_ratio": 0.35, "prune_mode": "adaptive"}
         mm = {"image": imgs, "video": [video]}
         report["pruned"] = pruned(llm, prompt, mm, kw, images=imgs, video=video)
     elif case == "text_aware":

@@ -35,10 +35,11 @@ def test_bad_options_name_the_argument(kw, name):
 
 
 def test_options_request_over_environment():
-    env = {"ADAPTIVE_PRUNE_VLLM_KEEP_RATIO": "0.5", "ADAPTIVE_PRUNE_VLLM_MODE": "proportional"}
-    assert al.resolve_options({}, env) == al.PruneOptions(0.5, "proportional", 1, True)
+    env = {"ADAPTIVE_PRUNE_VLLM_KEEP_RATIO": "0.5", "ADAPTIVE_PRUNE_VLLM_MODE": "adaptive"}
+    assert al.resolve_options({}, env) == al.PruneOptions(0.5, "adaptive", 1, True)
     got = al.resolve_options({"keep_ratio": 0.25, "text_aware": False}, env)
-    assert got == al.PruneOptions(0.25, "proportional", 1, False)
+    assert got == al.PruneOptions(0.25, "adaptive", 1, False)
+    assert al.PruneOptions().prune_mode == "proportional"
     assert al.resolve_options(None, {}) == al.PruneOptions()
     with pytest.raises(ValueError, match="keep_ratio"):
         al.resolve_options({}, {"ADAPTIVE_PRUNE_VLLM_KEEP_RATIO": "2"})
@@ -132,6 +133,8 @@ def test_frames_from_patches_inverts_the_processor_layout():
     back = al.frames_from_patches(pv, grid, 14, 2, 2)
     assert back.shape == (1, 3, 56, 84)
     assert torch.equal(back[0], img)
+    half = al.frames_from_patches(pv, grid, 14, 2, 2, stride=2)
+    assert torch.equal(half[0], img[:, ::2, ::2])
 
 
 def test_region_diversity_orders_flat_below_structured():

@@ -55,6 +55,8 @@ TEXT_KEY = "ap_{}_text"
 POS_BASE = 64
 POS_COLS = 6
 MODALITIES = ("image", "video")
+# The pixel signals read every second pixel of each patch (they resample to 192 px anyway).
+SIGNAL_STRIDE = 2
 
 
 def _encode_offsets(offsets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -118,6 +120,11 @@ class PruneProcessorMixin:
             divs, thumbs = [], []
             for (m, i), grid in zip(items, grids):
                 key = "pixel_values" if m == "image" else "pixel_values_videos"
+                if key not in res.kwargs[m][i]:
+                    raise ValueError(
+                        "adaptive_prune: prune_mode='adaptive' scores pixels; with precomputed "
+                        "embeddings use prune_mode='proportional'"
+                    )
                 frames = frames_from_patches(
                     res.kwargs[m][i][key].data,
                     grid,
@@ -125,6 +132,7 @@ class PruneProcessorMixin:
                     int(vcfg.temporal_patch_size),
                     merge,
                     int(getattr(vcfg, "in_channels", getattr(vcfg, "in_chans", 3))),
+                    stride=SIGNAL_STRIDE,
                 )
                 d, t = item_signals(frames)
                 divs.append(d)
@@ -186,12 +194,19 @@ class PruneModelMixin:
 
     _ap_pending: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
-    def _ap_check_config(self) -> None:
-        rate = getattr(self.multimodal_config, "video_pruning_rate", None)
+    def _ap_check_config(self, vllm_config) -> None:
+        mm_config = vllm_config.model_config.get_multimodal_config()
+        rate = getattr(mm_config, "video_pruning_rate", None)
         if rate:
             raise ValueError(
                 "adaptive_prune: --video-pruning-rate (vLLM's EVS) cannot be combined with the "
                 "adaptive_prune model variants; leave it unset and use keep_ratio"
+            )
+        comp = getattr(vllm_config, "compilation_config", None)
+        if getattr(comp, "cudagraph_mm_encoder", False):
+            raise ValueError(
+                "adaptive_prune: cudagraph_mm_encoder=True bypasses embed_multimodal, where the "
+                "selection runs; leave it off with the adaptive_prune model variants"
             )
         self.is_multimodal_pruning_enabled = False
 
@@ -380,7 +395,7 @@ class AdaptivePruneQwen2_5_VLProcessor(PruneProcessorMixin, Qwen2_5_VLMultiModal
 class AdaptivePruneQwen2_5_VL(PruneModelMixin, Qwen2_5_VLForConditionalGeneration):
     def __init__(self, *, vllm_config, prefix: str = ""):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._ap_check_config()
+        self._ap_check_config(vllm_config)
 
 
 class AdaptivePruneQwen2VLProcessor(PruneProcessorMixin, Qwen2VLMultiModalProcessor):
@@ -395,7 +410,7 @@ class AdaptivePruneQwen2VLProcessor(PruneProcessorMixin, Qwen2VLMultiModalProces
 class AdaptivePruneQwen2VL(PruneModelMixin, Qwen2VLForConditionalGeneration):
     def __init__(self, *, vllm_config, prefix: str = ""):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._ap_check_config()
+        self._ap_check_config(vllm_config)
 
 
 __all__: Sequence[str] = ["AdaptivePruneQwen2_5_VL", "AdaptivePruneQwen2VL"]

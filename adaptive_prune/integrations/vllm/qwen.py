@@ -61,7 +61,7 @@ SIGNAL_STRIDE = 2
 
 def _encode_offsets(offsets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``[3, k]`` int offsets -> ``[k, 6]`` columns (t_hi, t_lo, h_hi, h_lo, w_hi, w_lo)."""
-    if int(offsets.max(initial=0) if offsets.numel() == 0 else offsets.max()) >= POS_BASE * 256:
+    if offsets.numel() and int(offsets.max()) >= POS_BASE * 256:
         raise ValueError(
             f"adaptive_prune: an item spans positions up to {int(offsets.max())}, more than the "
             f"{POS_BASE * 256} the position columns can carry"
@@ -201,6 +201,13 @@ class PruneModelMixin:
             raise ValueError(
                 "adaptive_prune: --video-pruning-rate (vLLM's EVS) cannot be combined with the "
                 "adaptive_prune model variants; leave it unset and use keep_ratio"
+            )
+        pp = getattr(getattr(vllm_config, "parallel_config", None), "pipeline_parallel_size", 1)
+        if pp and pp > 1:
+            # later pipeline stages never see the embeddings that carry the kept positions
+            raise ValueError(
+                "adaptive_prune: pipeline parallelism is not supported by the adaptive_prune "
+                "model variants (tensor parallelism is)"
             )
         comp = getattr(vllm_config, "compilation_config", None)
         if getattr(comp, "cudagraph_mm_encoder", False):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import sys
 import threading
@@ -61,6 +62,7 @@ FIELDS = [
     "torch",
     "ext",
     "threads",
+    "load_avg_1min",
     "dtype",
     "dim",
     "images",
@@ -143,6 +145,7 @@ def part1(args) -> list[dict]:
         "torch": torch.__version__,
         "ext": "built" if _ext.HAS_EXT else "missing",
         "threads": args.threads,
+        "load_avg_1min": round(os.getloadavg()[0], 2),  # other jobs on the machine
         "dtype": "float32",
         "dim": args.dim,
         "images": n_img,
@@ -264,7 +267,8 @@ def main(argv=None) -> int:
         print(
             f"\n{c['images']} images x {c['tokens_per_image']} tokens, D = {c['dim']}, "
             f"keep {c['keep_ratio']}, {c['text_rows']} text rows, fp32, {c['threads']} thread(s), "
-            f"{c['cpu']}, torch {c['torch']}, C++ extension {c['ext']}, commit {c['git_commit']}"
+            f"{c['cpu']}, torch {c['torch']}, C++ extension {c['ext']}, commit {c['git_commit']}, "
+            f"load average {c['load_avg_1min']}"
         )
     if not args.quick:
         append(rows)

@@ -69,13 +69,31 @@ class Reference:
 
     def __init__(self, model_dir: str):
         import torch
-        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+        import transformers
+        from transformers import AutoConfig, AutoProcessor
 
         torch.set_num_threads(1)
         self.proc = AutoProcessor.from_pretrained(model_dir)
-        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        cls = {
+            "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
+            "qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
+        }[AutoConfig.from_pretrained(model_dir).model_type]
+        self.model = cls.from_pretrained(
             model_dir, dtype=torch.float32, attn_implementation="eager"
         ).eval()
+
+    def rope_index(self, enc):
+        """transformers' own unpruned M-RoPE positions ``[3, 1, L]``."""
+        kw = {}
+        if self.model.config.model_type == "qwen2_5_vl":
+            kw["second_per_grid_ts"] = enc.get("second_per_grid_ts")
+        return self.model.model.get_rope_index(
+            enc["input_ids"],
+            enc["mm_token_type_ids"],
+            image_grid_thw=enc.get("image_grid_thw"),
+            video_grid_thw=enc.get("video_grid_thw"),
+            **kw,
+        )[0]
 
     def inputs(self, prompt, images=None, video=None):
         from transformers.video_utils import VideoMetadata
@@ -101,13 +119,7 @@ class Reference:
         cfg = self.model.config
         ids = enc["input_ids"]
         with torch.no_grad():
-            pos, _ = m.get_rope_index(
-                ids,
-                enc["mm_token_type_ids"],
-                enc.get("image_grid_thw"),
-                enc.get("video_grid_thw"),
-                enc.get("second_per_grid_ts"),
-            )
+            pos = self.rope_index(enc)
             emb = m.get_input_embeddings()(ids)
             feats = {}
             if "pixel_values" in enc:
@@ -266,15 +278,8 @@ def _prepare_positions(ref, enc):
     """Unpruned positions from transformers' get_rope_index, per item: (start pos, [3, n])."""
     import torch
 
-    m = ref.model.model
     ids = enc["input_ids"]
-    pos, _ = m.get_rope_index(
-        ids,
-        enc["mm_token_type_ids"],
-        enc.get("image_grid_thw"),
-        enc.get("video_grid_thw"),
-        enc.get("second_per_grid_ts"),
-    )
+    pos = ref.rope_index(enc)
     tok = {ref.model.config.image_token_id: "image", ref.model.config.video_token_id: "video"}
     flat = ids[0].tolist()
     ref.item_pos, ref.item_base = {}, {}
@@ -303,6 +308,13 @@ def _text_ids(ref, prompt_ids):
 def run_case(case: str, model_dir: str) -> dict:
     record = tempfile.mktemp(suffix=".jsonl")
     os.environ["ADAPTIVE_PRUNE_VLLM_RECORD"] = record
+    arch = ARCH
+    if case == "qwen2_vl":  # the same code on Qwen2-VL: its own tiny checkpoint
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from tiny_model import build
+
+        model_dir = str(build(tempfile.mkdtemp(), "qwen2_vl"))
+        arch = "AdaptivePruneQwen2VLForConditionalGeneration"
     ref = Reference(model_dir)
     report: dict = {"case": case}
 
@@ -343,6 +355,14 @@ def run_case(case: str, model_dir: str) -> dict:
         for mode in ("adaptive", "proportional"):
             kw = {"keep_ratio": 0.3, "prune_mode": mode, "text_aware": False}
             report[mode] = pruned(llm, prompt, {"image": imgs}, kw, images=imgs, text_aware=False)
+    elif case == "qwen2_vl":
+        imgs = _images([(168, 224), (112, 112)], seed=6)
+        video = _video(seed=7)
+        prompt = _prompt(["image", "video", "image"], "What happens here?")
+        llm = _llm(model_dir, arch, enable_chunked_prefill=True, max_num_batched_tokens=16)
+        kw = {"keep_ratio": 0.4}
+        mm = {"image": imgs, "video": [video]}
+        report["pruned"] = pruned(llm, prompt, mm, kw, images=imgs, video=video)
     elif case == "chunked":
         imgs = _images([(168, 224), (224, 168), (112, 112)], seed=2)
         prompt = _prompt(["image"] * 3, "Where is the rocket?")

@@ -28,7 +28,7 @@ WRONG_POSITIONS_MIN_DIFF = 1e-3
 
 
 # "unpruned" starts two engines (stock, then the plugin), the others one each.
-CASES = ("multi_image", "unpruned", "video_image", "chunked", "text_aware")
+CASES = ("multi_image", "unpruned", "video_image", "chunked", "text_aware", "qwen2_vl")
 # Engine start-up is mostly single-threaded Python: two engines at a time use both CI cores.
 PARALLEL = int(os.environ.get("ADAPTIVE_PRUNE_VLLM_TEST_JOBS", "2"))
 
@@ -58,7 +58,7 @@ def results(tmp_path_factory):
     model = tmp_path_factory.mktemp("tiny_qwen2_5_vl")
     subprocess.run([sys.executable, str(HERE / "tiny_model.py"), str(model)], check=True)
     out_dir = tmp_path_factory.mktemp("engine_cases")
-    lanes = [CASES[i::PARALLEL] for i in range(PARALLEL)]  # 2 lanes: 3 engine starts each
+    lanes = [CASES[i::PARALLEL] for i in range(PARALLEL)]  # 2 lanes: 3 and 4 engine starts
 
     def lane(i: int) -> dict:
         return {c: _run(c, str(model), out_dir, i) for c in lanes[i]}
@@ -113,6 +113,12 @@ def test_video_and_image(results):
     r = _result(results, "video_image")["pruned"]
     _check_pruned(r)
     assert len(r["sizes"]) == 2
+
+
+def test_qwen2_vl_images_video_chunked(results):
+    r = _result(results, "qwen2_vl")["pruned"]  # its own tiny Qwen2-VL checkpoint
+    _check_pruned(r)
+    assert len(r["sizes"]) == 3 and max(r["counts"]) > 16
 
 
 def test_text_aware_questions(results):

@@ -44,7 +44,8 @@ CORPUS = [
 ]
 
 
-def build(out: str | Path) -> Path:
+def build(out: str | Path, kind: str = "qwen2_5_vl") -> Path:
+    """Write the tiny checkpoint of ``kind`` (``qwen2_5_vl`` or ``qwen2_vl``) to ``out``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
@@ -52,7 +53,10 @@ def build(out: str | Path) -> Path:
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
         Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
         Qwen2VLVideoProcessor,
     )
 
@@ -79,38 +83,25 @@ def build(out: str | Path) -> Path:
     assert max(ids.values()) < vocab
 
     torch.manual_seed(0)
-    cfg = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=vocab,
-            hidden_size=128,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": [4, 6, 6],
-            },
-            bos_token_id=None,
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-            tie_word_embeddings=False,
-        ),
-        vision_config=dict(
-            depth=2,
-            hidden_size=64,
-            intermediate_size=128,
-            num_heads=2,
-            out_hidden_size=128,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=56,
-            fullatt_block_indexes=[1],
-            tokens_per_second=2,
-        ),
+    text = dict(
+        vocab_size=vocab,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [4, 6, 6],
+        },
+        bos_token_id=None,
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+    )
+    ids_kw = dict(
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -120,7 +111,35 @@ def build(out: str | Path) -> Path:
         pad_token_id=ids["<|endoftext|>"],
         tie_word_embeddings=False,
     )
-    model = Qwen2_5_VLForConditionalGeneration(cfg)
+    common = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    if kind == "qwen2_vl":
+        cfg = Qwen2VLConfig(
+            text_config=text,
+            vision_config=dict(
+                depth=2, embed_dim=64, hidden_size=128, num_heads=2, mlp_ratio=2, **common
+            ),
+            **ids_kw,
+        )
+        model = Qwen2VLForConditionalGeneration(cfg)
+        proc_cls = Qwen2VLProcessor
+    else:
+        cfg = Qwen2_5_VLConfig(
+            text_config=text,
+            vision_config=dict(
+                depth=2,
+                hidden_size=64,
+                intermediate_size=128,
+                num_heads=2,
+                out_hidden_size=128,
+                window_size=56,
+                fullatt_block_indexes=[1],
+                tokens_per_second=2,
+                **common,
+            ),
+            **ids_kw,
+        )
+        model = Qwen2_5_VLForConditionalGeneration(cfg)
+        proc_cls = Qwen2_5_VLProcessor
     with torch.no_grad():  # larger random weights: logprobs that differ visibly between inputs
         for p in model.parameters():
             if p.dim() >= 2:
@@ -129,7 +148,7 @@ def build(out: str | Path) -> Path:
     pix = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
     image_processor = Qwen2VLImageProcessor(**pix)
     video_processor = Qwen2VLVideoProcessor(**pix)
-    processor = Qwen2_5_VLProcessor(
+    processor = proc_cls(
         image_processor=image_processor,
         tokenizer=fast,
         video_processor=video_processor,
@@ -142,4 +161,5 @@ def build(out: str | Path) -> Path:
 
 
 if __name__ == "__main__":
-    print(build(sys.argv[1] if len(sys.argv) > 1 else "tiny-qwen2_5_vl"))
+    out = sys.argv[1] if len(sys.argv) > 1 else "tiny-qwen2_5_vl"
+    print(build(out, sys.argv[2] if len(sys.argv) > 2 else "qwen2_5_vl"))

@@ -26,15 +26,15 @@ import shutil
 import sys
 import sysconfig
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 PACKAGES = {
+    # every package under adaptive_prune/, plus the top-level kernels/ folder installed as
+    # adaptive_prune.kernels
     "packages": [
-        "adaptive_prune",
-        "adaptive_prune.backends",
-        "adaptive_prune.data",
+        *find_packages(include=["adaptive_prune", "adaptive_prune.*"]),
         "adaptive_prune.kernels",
     ],
     "package_dir": {"adaptive_prune.kernels": "kernels"},

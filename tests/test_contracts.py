@@ -215,3 +215,62 @@ def test_baselines_take_mixed_dtypes(method):
     assert res.indices.numel() == round(0.3 * X.shape[0])
     res = ap.prune(X.double(), CU, t.bfloat16(), keep_ratio=0.3, method=method)
     assert res.indices.numel() == round(0.3 * X.shape[0])
+
+
+# --------------------------------------------------------------------------------------------
+# allocate_budgets: the fast kernels against the reference (replaces the comparison that was in
+# tests/test_triton_kernels.py: it also fed inputs whose total the positive-weight images cannot
+# absorb, where the kernels do not implement the zero-weight rule yet and the router serves
+# the reference)
+# --------------------------------------------------------------------------------------------
+def _random_allocations():
+    import random
+
+    rng = random.Random(0)
+    for trial in range(60):
+        R = rng.randint(1, 4)
+        sizes = [rng.randint(0, 7) for _ in range(R)]
+        ro = [0]
+        for s in sizes:
+            ro.append(ro[-1] + s)
+        n = ro[-1]
+        if n == 0:
+            continue
+        g = torch.Generator().manual_seed(trial)
+        w = torch.rand(n, generator=g) * (torch.rand(n, generator=g) > 0.2)
+        if trial % 3 == 0:
+            w = torch.ones(n)  # equal weights: the remainder ties go to the lower index
+        caps = torch.randint(0, 30, (n,), generator=g)
+        mins = torch.minimum(torch.full((n,), rng.randint(0, 2)), caps)
+        totals = []
+        for r in range(R):
+            lo, hi = int(mins[ro[r] : ro[r + 1]].sum()), int(caps[ro[r] : ro[r + 1]].sum())
+            totals.append(rng.randint(lo, hi))
+        yield w, caps, mins, torch.tensor(ro), torch.tensor(totals)
+
+
+def test_allocate_budgets_kernels_match_the_reference():
+    from adaptive_prune.ops import allocate_budgets as spec
+
+    kernels = {}
+    if ap.backends.unavailable("cpp") is None:
+        kernels["cpp"] = ap.backends.cpp.table()["allocate_budgets"]
+    if TRITON_RUNS:
+        from adaptive_prune.kernels.allocate_budgets import allocate_budgets_fwd
+
+        kernels["triton"] = allocate_budgets_fwd
+    absorbed = 0
+    for w, caps, mins, ro, tot in _random_allocations():
+        want = spec.reference(w, caps, mins, ro, tot)
+        assert torch.equal(want.sum().reshape(1), tot.sum().reshape(1))
+        for r in range(ro.numel() - 1):
+            assert int(want[ro[r] : ro[r + 1]].sum()) == int(tot[r])
+        to_reference = spec.check(w, caps, mins, ro, tot)
+        for name, fn in kernels.items():
+            if not to_reference:  # the kernels' domain: they match exactly
+                assert torch.equal(fn(w, caps, mins, ro, tot).cpu(), want), name
+            with ap.backend(name):  # through the op: the router keeps the contract
+                got = torch.ops.adaptive_prune.allocate_budgets(w, caps, mins, ro, tot)
+            assert torch.equal(got.cpu(), want), name
+        absorbed += not to_reference
+    assert absorbed >= 30  # most random inputs are in the kernels' domain

@@ -6,13 +6,14 @@ sorted rows per request, the per-image minimums) or a ValueError/TypeError that 
 argument at fault; every backend must give the same kind of outcome, and tie-free inputs
 (continuous fp32/fp64 tokens) the same rows exactly.
 
-CI mode: ``FUZZ_CASES`` cases (about a minute on 2 cores), the Triton interpreter on the first
-``FUZZ_TRITON`` of them (it takes seconds per call). Long mode::
+CI mode: ``FUZZ_CASES`` = 30 cases (about a minute on 2 cores), the Triton interpreter on the
+first 3 that run the adaptive method (it takes seconds per call). Long mode::
 
     ADAPTIVE_PRUNE_FUZZ=2000 python -m pytest -q tests/test_fuzz.py
 
-runs 2000 cases, Triton on all of them when it runs here (the seeds are the case numbers, so a
-failure names the seed that reproduces it: ``ADAPTIVE_PRUNE_FUZZ_SEED=<seed>`` runs that one).
+runs 2000 cases, Triton on every adaptive one when it runs here (the seeds are the case
+numbers, so a failure names the seed that reproduces it: ``ADAPTIVE_PRUNE_FUZZ_SEED=<seed>``
+runs that one).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ import adaptive_prune as ap
 
 LONG = int(os.environ.get("ADAPTIVE_PRUNE_FUZZ", "0") or 0)
 ONLY = os.environ.get("ADAPTIVE_PRUNE_FUZZ_SEED")
-FUZZ_CASES = LONG or 40
-FUZZ_TRITON = FUZZ_CASES if LONG else 2
+FUZZ_CASES = LONG or 30
+FUZZ_TRITON = FUZZ_CASES if LONG else 3
 TIME_LIMIT_S = 120.0 if LONG else 60.0
 
 BACKENDS = ["reference"]
@@ -176,6 +177,9 @@ def run_case(case: dict, backend: str):
 
 def _child(conn, case, backends):
     torch.set_num_threads(1)  # OpenMP teams do not survive fork(): stay single-threaded here
+    # poisoned allocations: torch.empty fills NaN / the largest integer, so a slot that a
+    # kernel leaves unwritten shows up as an error or a wrong row instead of passing by luck
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         conn.send(("done", {b: run_case(case, b) for b in backends}))
     except BaseException:  # noqa: BLE001 - reported to the parent with the traceback
@@ -205,12 +209,21 @@ def _seeds() -> list[int]:
     return [int(ONLY)] if ONLY else list(range(FUZZ_CASES))
 
 
+# the cases that also run the Triton kernels (interpreted on a CPU: seconds per call): the first
+# FUZZ_TRITON that use the ops (the adaptive method; the baselines run the same code everywhere)
+TRITON_SEEDS = {s for s in _seeds() if make_case(s)["method"] == "adaptive"}
+TRITON_SEEDS = set(sorted(TRITON_SEEDS)[:FUZZ_TRITON])
+
+
 @pytest.mark.parametrize("seed", _seeds(), ids=lambda s: f"seed{s}")
 def test_fuzz_case(seed):
     case = make_case(seed)
     backends = list(BACKENDS)
-    # the interpreter has no bf16; fp64 goes to the reference on every backend anyway
-    if TRITON_RUNS and seed < FUZZ_TRITON and case["dtype"] in ("float32", "float16"):
+    if TRITON_RUNS and seed in TRITON_SEEDS:
+        # the interpreter has no bf16, and fp64 goes to the reference on every backend: the
+        # cases that run Triton are fp32 or fp16
+        if case["dtype"] not in ("float32", "float16"):
+            case["dtype"] = "float32"
         backends.append("triton")
     out = in_child(case, backends)
     ref = out["reference"]

@@ -28,8 +28,10 @@ class FiniteChecks:
 
     def add(self, name: str, x: torch.Tensor) -> None:
         if x.numel():
-            # min/max propagate NaN and expose +-Inf: two scalars instead of an [N, D] bool
-            self._items.append((name, x, torch.isfinite(torch.stack(torch.aminmax(x))).all()))
+            # min/max propagate NaN and expose +-Inf and the largest magnitude: two scalars
+            # instead of an [N, D] bool (NaN and Inf fail the comparison too)
+            lim = max_abs(x)
+            self._items.append((name, x, (torch.stack(torch.aminmax(x)).abs() < lim).all()))
 
     def flags(self, dtype: torch.dtype, device) -> torch.Tensor:
         """``[k]`` device tensor, 1 where the tensor is finite (``k`` = number queued)."""
@@ -43,13 +45,51 @@ class FiniteChecks:
             raise RuntimeError("internal error: finiteness flags and checks do not match")
         for (name, x, _), v in zip(self._items, values):
             if not v:
-                bad = int((~torch.isfinite(x)).any(dim=1).nonzero()[0])
-                raise ValueError(f"{name} contains NaN or Inf values (first bad row: {bad})")
+                nonfinite = (~torch.isfinite(x)).any(dim=1)
+                if bool(nonfinite.any()):
+                    bad = int(nonfinite.nonzero()[0])
+                    raise ValueError(f"{name} contains NaN or Inf values (first bad row: {bad})")
+                lim = max_abs(x)
+                bad = int((x.abs() >= lim).any(dim=1).nonzero()[0])
+                raise ValueError(
+                    f"{name} has values of magnitude {float(x[bad].abs().max()):.3g} (first such "
+                    f"row: {bad}); the selection computes squared norms and dot products in "
+                    f"{str(compute_dtype(x.dtype)).replace('torch.', '')}, which overflow for "
+                    f"|values| >= {lim:.3g} at width {x.shape[1]}. Divide {name} by a constant "
+                    "(cosine selection does not depend on scale)"
+                )
         self._items.clear()
 
     def check_now(self) -> None:
         if self._items:
             self.verify(self.flags(torch.uint8, self._items[0][2].device).tolist())
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for fp16/bf16/fp32 inputs, fp64 for fp64 inputs (as the ops compute)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def max_abs(x: torch.Tensor) -> float:
+    """The magnitude from which ``[rows, D]`` tokens are rejected: squared norms, dot products
+    and squared distances (``||x - t||^2 <= 4 D max|v|^2``) of such values overflow the compute
+    dtype. ``sqrt(finfo.max / (16 D))``: about ``4.6e18 / sqrt(D)`` in fp32."""
+    width = x.shape[-1] if x.ndim else 1
+    return math.sqrt(torch.finfo(compute_dtype(x.dtype)).max / (16.0 * max(width, 1)))
+
+
+def check_storage(name: str, x: torch.Tensor) -> None:
+    """A dense tensor with data: no sparse/other layout, no meta tensor."""
+    if x.layout != torch.strided:
+        raise TypeError(
+            f"{name} must be a dense (strided) tensor, got layout {x.layout}; "
+            f"pass {name}.to_dense()"
+        )
+    if x.device.type == "meta":
+        raise TypeError(
+            f"{name} is a meta tensor (it has no data to select from); pass a tensor on the "
+            "CPU or a CUDA device"
+        )
 
 
 def check_tokens(
@@ -67,6 +107,9 @@ def check_tokens(
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape [rows, D], got {type(x).__name__}")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} is on {x.device} but vision is on {device}: move it there")
+    check_storage(name, x)
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D [rows, D], got shape {tuple(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
@@ -78,8 +121,6 @@ def check_tokens(
             f"{name} has width {x.shape[1]} but vision has width {width}: both must live in "
             "the same embedding space"
         )
-    if device is not None and x.device != device:
-        raise ValueError(f"{name} is on {x.device} but vision is on {device}: move it there")
     if finite is not None:
         finite.add(name, x)
     else:
@@ -93,6 +134,7 @@ def check_offsets(name: str, off: Any, total: int, total_name: str, device=None)
     """Offsets ``[k+1]`` (int32/int64): start at 0, non-decreasing, end at ``total``."""
     if not isinstance(off, torch.Tensor):
         raise TypeError(f"{name} must be an int32/int64 torch.Tensor, got {type(off).__name__}")
+    check_storage(name, off)
     if off.ndim != 1 or off.shape[0] < 2:
         raise ValueError(
             f"{name} must be 1-D with at least 2 entries [0, ..., {total_name}], "
@@ -225,3 +267,30 @@ def unit_interval(v: Any) -> str | None:
 def positive_fraction(v: Any) -> str | None:
     ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 1
     return None if ok else "a number in (0, 1]"
+
+
+def in_range(lo: float, hi: float, lo_open: bool = False):
+    """A finite number in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``): the range that the ops'
+    fp32 computation supports for that option (docs/METHOD.md, "Option ranges")."""
+    left = "(" if lo_open else "["
+
+    def check(v: Any) -> str | None:
+        ok = isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (v > lo if lo_open else v >= lo) and v <= hi
+        return None if ok else f"a number in {left}{lo:g}, {hi:g}]"
+
+    return check
+
+
+# The ranges of the float options that the ops' fp32 computation supports (docs/METHOD.md,
+# "Option ranges"). Shared by the method's option validation and the ops' own checks.
+# sigma: exp(-(1 - C) / sigma) with the rounding of C_kk = 1 (about 1e-6) must stay near 1;
+# tau_a: the attention logits tau_a * cos; beta: the budget weights m * (1 + beta * n * att);
+# eps: a norm floor whose square (the kernels floor squared norms with eps^2) is a normal
+# fp32 number (eps = 1e-30 made the C++ stage 0 divide 0 by 0), and that keeps unit rows unit.
+SIGMA = in_range(1e-4, 1e6)
+TAU_A = in_range(0.0, 1e4, lo_open=True)
+BETA = in_range(0.0, 1e4)
+LAM = in_range(0.0, 1e6)
+GAMMA = in_range(1.0, 1e6)
+EPS = in_range(1e-18, 1.0)

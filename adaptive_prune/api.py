@@ -11,6 +11,7 @@ from . import _checks as C
 from ._tensors import segment_ids, to_device
 from .methods import get_method
 from .methods.adaptive import Diagnostics
+from .ops._contract import validated
 
 __all__ = ["PruneResult", "BatchPruneResult", "prune", "prune_batch"]
 
@@ -68,7 +69,7 @@ def _per_request(value: Any, R: int, name: str) -> list:
     return list(value)
 
 
-def _pack_text(text, text_offsets, R, width, device, finite):
+def _pack_text(text, text_offsets, R, width, device, finite, vision_dtype):
     """Text as one ``[M, D]`` tensor plus ``[R+1]`` host offsets, or (None, None)."""
     if text is None:
         if text_offsets is not None:
@@ -93,9 +94,12 @@ def _pack_text(text, text_offsets, R, width, device, finite):
         if not parts:
             return None, None
         dtypes = {t.dtype for t in parts}
-        return torch.cat([t.to(parts[0].dtype) for t in parts]) if len(dtypes) > 1 else torch.cat(
-            parts
-        ), offs
+        cat = (
+            torch.cat([t.to(parts[0].dtype) for t in parts])
+            if len(dtypes) > 1
+            else torch.cat(parts)
+        )
+        return _text_dtype(cat, vision_dtype), offs
     C.check_tokens("text", text, width=width, device=device, finite=finite)
     if text_offsets is None:
         if R != 1:
@@ -109,7 +113,18 @@ def _pack_text(text, text_offsets, R, width, device, finite):
             )
     if offs[-1] == 0:
         return None, None
-    return text, offs
+    return _text_dtype(text, vision_dtype), offs
+
+
+def _text_dtype(text: torch.Tensor, vision_dtype: torch.dtype) -> torch.Tensor:
+    """Text in a dtype the ops take with ``vision``: float64 when vision is float64 (exact),
+    float32 when text alone is float64 (the compute dtype of the other inputs); other mixes
+    (fp16/bf16/fp32) are taken as they are."""
+    if vision_dtype == torch.float64 and text.dtype != torch.float64:
+        return text.double()
+    if text.dtype == torch.float64 and vision_dtype != torch.float64:
+        return text.float()
+    return text
 
 
 def prune_batch(
@@ -158,7 +173,7 @@ def prune_batch(
         raise TypeError(f"return_diagnostics must be True or False, got {return_diagnostics!r}")
     opts = C.check_options(method, options, spec.options)
     q = C.check_min_per_image(min_per_image)
-    txt, to = _pack_text(text, text_offsets, R, D, dev, finite)
+    txt, to = _pack_text(text, text_offsets, R, D, dev, finite, vision.dtype)
     ratios = _per_request(keep_ratio, R, "keep_ratio")
     buds = _per_request(budget, R, "budget")
     counts = [cu[k + 1] - cu[k] for k in range(n)]
@@ -172,9 +187,10 @@ def prune_batch(
 
     diags = None
     if spec.batched is not None:
-        kept, diags = spec.batched(
-            vision, cu, ro, txt, to, budgets, q, opts, return_diagnostics, finite=finite
-        )
+        with validated():  # the ops skip the checks that would read device values
+            kept, diags = spec.batched(
+                vision, cu, ro, txt, to, budgets, q, opts, return_diagnostics, finite=finite
+            )
     else:
         finite.check_now()
         parts = []

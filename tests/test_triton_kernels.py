@@ -22,7 +22,6 @@ from adaptive_prune.kernels import _common  # noqa: E402
 from adaptive_prune.kernels import global_greedy as global_greedy_module  # noqa: E402
 from adaptive_prune.kernels import greedy_select as greedy_select_module  # noqa: E402
 from adaptive_prune.kernels import token_similarity as token_similarity_module  # noqa: E402
-from adaptive_prune.kernels.allocate_budgets import allocate_budgets_fwd  # noqa: E402
 from adaptive_prune.kernels.budget_scores import budget_scores_fwd  # noqa: E402
 from adaptive_prune.kernels.global_greedy import global_greedy_fwd  # noqa: E402
 from adaptive_prune.kernels.greedy_select import greedy_select_fwd  # noqa: E402
@@ -172,34 +171,6 @@ def test_budget_scores_matches_reference(device, dtype, with_text):
     for name, g, w in zip(("d_intra", "mult", "att", "d_inter"), got, want):
         # mult = sum exp(-(1-C)/sigma) amplifies C's rounding by 1/sigma = 20
         torch.testing.assert_close(g.cpu(), w.float(), atol=1e-5, rtol=1e-5, msg=name)
-
-
-def test_allocate_budgets_matches_reference(device):
-    rng = random.Random(0)
-    for trial in range(60):
-        R = rng.randint(1, 4)
-        sizes = [rng.randint(0, 7) for _ in range(R)]
-        ro = [0]
-        for s in sizes:
-            ro.append(ro[-1] + s)
-        n = ro[-1]
-        if n == 0:
-            continue
-        g = torch.Generator().manual_seed(trial)
-        w = torch.rand(n, generator=g) * (torch.rand(n, generator=g) > 0.2)
-        if trial % 3 == 0:
-            w = torch.ones(n)  # equal weights: the remainder ties go to the lower index
-        caps = torch.randint(0, 30, (n,), generator=g)
-        q = rng.randint(0, 2)
-        mins = torch.minimum(torch.full((n,), q), caps)
-        totals = []
-        for r in range(R):
-            lo, hi = int(mins[ro[r] : ro[r + 1]].sum()), int(caps[ro[r] : ro[r + 1]].sum())
-            totals.append(rng.randint(lo, hi))
-        ro_t, tot = torch.tensor(ro), torch.tensor(totals)
-        got = allocate_budgets_fwd(w.to(device), caps, mins, ro_t, tot)
-        want = ref.allocate_budgets(w, caps, mins, ro_t, tot)
-        assert torch.equal(got.cpu(), want), (trial, w, caps, mins, ro, totals)
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,11 +41,11 @@ _op = torch.ops.adaptive_prune
 # Option name -> (default, validator). Defaults marked (tune) in docs/METHOD.md; the quality
 # benchmark (benchmarks/quality.py) decides them and the README records why.
 OPTIONS = {
-    "sigma": (0.05, C.positive),  # multiplicity temperature
-    "lam": (12.0, C.non_negative),  # candidate-pool growth: B1 = B + ceil(B * lam * (1 - rho))
-    "tau_a": (10.0, C.positive),  # query-relevance softmax temperature
-    "beta": (1.0, C.non_negative),  # weight of query relevance in the per-image budget
-    "gamma": (6.0, C.at_least_one),  # candidate count P = ceil(gamma * B)
+    "sigma": (0.05, C.SIGMA),  # multiplicity temperature
+    "lam": (12.0, C.LAM),  # candidate-pool growth: B1 = B + ceil(B * lam * (1 - rho))
+    "tau_a": (10.0, C.TAU_A),  # query-relevance softmax temperature
+    "beta": (1.0, C.BETA),  # weight of query relevance in the per-image budget
+    "gamma": (6.0, C.GAMMA),  # candidate count P = ceil(gamma * B)
     "tau": (None, C.cosine_threshold_or_none),  # optional hard duplicate filter
     "intra": ("maxmin", C.one_of("maxmin", "maxsum")),  # stage-1 greedy objective
     "align": ("mean", C.one_of("mean", "max")),  # text alignment reduction
@@ -54,7 +54,7 @@ OPTIONS = {
     # with text: share of the non-reserved slots filled straight from the global greedy order
     # (largest gains) before the Pareto selection fills the rest (0 = Pareto only)
     "diversity_floor": (0.5, C.unit_interval),
-    "eps": (1e-6, C.positive),  # norm floor
+    "eps": (1e-6, C.EPS),  # norm floor
 }
 
 
@@ -165,11 +165,14 @@ def stage0_scores(vision: torch.Tensor, text, plan: Plan, o: dict) -> Scores:
     if not o["inter_image"]:
         mult = live.to(mult.dtype)
     img_req = to_device(plan.image_request(), dev)
-    n_live = torch.zeros(R, dtype=m.dtype, device=dev).index_add_(0, img_req, live.to(m.dtype))
+    # per-request sums over the images by segment_reduce (a sequential sum in image order, as
+    # index_add_ on the CPU); Inductor's CPU code generation fails on an index_add_ into [R]
+    per_req = to_device([plan.ro[r + 1] - plan.ro[r] for r in range(R)], dev)
+    n_live = torch.segment_reduce(live.to(m.dtype), "sum", lengths=per_req, unsafe=True)
     weights = m * (d_intra + 1e-3) / mult.clamp_min(1e-12)
     weights = weights * (1.0 + float(o["beta"]) * n_live[img_req] * att)
     weights = torch.where(live, weights, torch.zeros_like(weights))
-    intra_sum = torch.zeros(R, dtype=m.dtype, device=dev).index_add_(0, img_req, d_intra * live)
+    intra_sum = torch.segment_reduce(d_intra * live, "sum", lengths=per_req, unsafe=True)
     mean_intra = intra_sum / n_live.clamp_min(1)
     rho = d_inter / (mean_intra + d_inter + float(o["eps"]))
     return Scores(d_intra, mult, att, d_inter, weights, rho)
@@ -221,13 +224,15 @@ def stage1_pool(
         vision, torch.tensor(plan.cu, dtype=torch.int64), b, str(o["intra"]), float(o["eps"])
     )
     # image k's picks occupy pool positions first[k] + rank (a scatter of known size K;
-    # unpicked tokens land in distinct dummy slots after K)
+    # unpicked tokens land in distinct dummy slots after K). allocate_budgets's contract
+    # (sum b == totals, checked by the op) makes the scatter write every slot; the buffer is
+    # filled anyway, so no path can ever read uninitialised memory.
     K = sum(totals)
     image = segment_ids(counts, dev, N)
     first = torch.cumsum(b, 0) - b
     tok = torch.arange(N, device=dev)
     slot = torch.where(rank >= 0, first[image] + rank, K + tok)
-    rows = torch.empty(K + N, dtype=torch.int64, device=dev).scatter_(0, slot, tok)[:K]
+    rows = torch.full((K + N,), -1, dtype=torch.int64, device=dev).scatter_(0, slot, tok)[:K]
     return Pool(b, rank, rows, first, image)
 
 

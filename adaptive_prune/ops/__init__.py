@@ -27,5 +27,8 @@ _MODULES = [
 ALL_OPS = {m.op._qualname.split("::")[1]: m.op for m in _MODULES}
 # op name -> its pure-PyTorch reference
 REFERENCE = {name: m.reference for name, m in zip(ALL_OPS, _MODULES)}
+# op name -> its contract check: raises ValueError/TypeError naming the argument; returns True
+# when only the reference implements that input (see ops/_contract.py)
+CHECK = {name: m.check for name, m in zip(ALL_OPS, _MODULES)}
 
-__all__ = ["ALL_OPS", "REFERENCE"]
+__all__ = ["ALL_OPS", "CHECK", "REFERENCE"]

@@ -7,7 +7,40 @@ from typing import Optional
 
 import torch
 
+from .. import _checks as C
+from . import _contract as X
 from ._common import bounds, compute_dtype, normalize
+
+_OP = "budget_scores"
+
+
+def check(
+    vision: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    req_offsets: torch.Tensor,
+    text: Optional[torch.Tensor],
+    text_offsets: Optional[torch.Tensor],
+    sigma: float,
+    tau_a: float,
+    eps: float,
+) -> bool:
+    """The op's contract: two-level offsets over ``vision``, text in the same space, and the
+    temperatures in the ranges the fp32 computation supports."""
+    X.tensor(_OP, "vision", vision, 2, X.FLOATS, "a float type")
+    cu = X.offsets(_OP, "cu_seqlens", cu_seqlens, vision.shape[0], "N (rows of vision)")
+    ro = X.offsets(_OP, "req_offsets", req_offsets, len(cu) - 1, "n (number of images)")
+    if (text is None) != (text_offsets is None):
+        X.fail(_OP, "give text and text_offsets together, or neither")
+    if text is not None:
+        X.tensor(_OP, "text", text, 2, X.FLOATS, "a float type")
+        X.same_space(_OP, vision, text)
+        to = X.offsets(_OP, "text_offsets", text_offsets, text.shape[0], "M (rows of text)")
+        if len(to) != len(ro):
+            X.fail(_OP, f"text_offsets has {len(to)} entries, req_offsets {len(ro)}")
+    X.option(_OP, "sigma", sigma, C.SIGMA)
+    X.option(_OP, "tau_a", tau_a, C.TAU_A)
+    X.option(_OP, "eps", eps, C.EPS)
+    return False
 
 
 def reference(
@@ -88,6 +121,7 @@ def budget_scores(
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stage 0. ``(d_intra [n], mult [n], att [n], d_inter [R])``, fp32 (fp64 for fp64 input)."""
+    check(vision, cu_seqlens, req_offsets, text, text_offsets, sigma, tau_a, eps)
     return reference(vision, cu_seqlens, req_offsets, text, text_offsets, sigma, tau_a, eps)
 
 

@@ -7,7 +7,45 @@ import math
 
 import torch
 
+from .. import _checks as C
+from . import _contract as X
 from ._common import bounds, compute_dtype, greedy_order, normalize
+
+_OP = "global_greedy"
+
+
+def check(
+    vision: torch.Tensor,
+    pool: torch.Tensor,
+    pool_offsets: torch.Tensor,
+    reserved: torch.Tensor,
+    num_picks: list[int],
+    eps: float,
+) -> bool:
+    """The op's contract: pool rows in ``[0, N)``, ``reserved`` count of request ``r`` <=
+    ``num_picks[r]`` <= its pool size."""
+    X.tensor(_OP, "vision", vision, 2, X.FLOATS, "a float type")
+    X.tensor(_OP, "pool", pool, 1, (torch.int64,), "int64")
+    X.tensor(_OP, "reserved", reserved, 1, (torch.bool,), "bool")
+    if reserved.shape != pool.shape:
+        X.fail(_OP, f"reserved has shape {tuple(reserved.shape)}, pool {tuple(pool.shape)}")
+    po = X.offsets(_OP, "pool_offsets", pool_offsets, pool.shape[0], "K (entries of pool)")
+    picks = X.int_list(_OP, "num_picks", num_picks, len(po) - 1)
+    X.option(_OP, "eps", eps, C.EPS)
+    for r, p in enumerate(picks):
+        if not 0 <= p <= po[r + 1] - po[r]:
+            X.fail(_OP, f"num_picks[{r}] = {p} must lie in [0, {po[r + 1] - po[r]}] (pool size)")
+    if X.readable(pool) and pool.numel():
+        lo, hi = torch.aminmax(pool)
+        if int(lo) < 0 or int(hi) >= vision.shape[0]:
+            X.fail(_OP, f"pool holds rows outside [0, {vision.shape[0]}) (rows of vision)")
+    if X.readable(reserved) and reserved.numel():
+        ends = torch.cumsum(reserved.long(), 0).tolist()
+        n_res = [(ends[e - 1] if e else 0) - (ends[a - 1] if a else 0) for a, e in zip(po, po[1:])]
+        for r, (nr, p) in enumerate(zip(n_res, picks)):
+            if nr > p:
+                X.fail(_OP, f"request {r} reserves {nr} positions but num_picks[{r}] = {p}")
+    return False
 
 
 def _distance_row(xh: torch.Tensor):
@@ -65,6 +103,7 @@ def global_greedy(
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 2 filter. ``(order [sum P] int64 pool positions, gains [sum P] float32)``."""
+    check(vision, pool, pool_offsets, reserved, num_picks, eps)
     return reference(vision, pool, pool_offsets, reserved, num_picks, eps)
 
 

@@ -5,7 +5,29 @@ from __future__ import annotations
 
 import torch
 
+from .. import _checks as C
+from . import _contract as X
 from ._common import bounds, greedy_order, normalize
+
+_OP = "greedy_select"
+
+
+def check(
+    vision: torch.Tensor, cu_seqlens: torch.Tensor, budgets: torch.Tensor, mode: str, eps: float
+) -> bool:
+    """The op's contract: offsets over ``vision``'s rows, ``0 <= budgets[k] <= m_k``."""
+    X.tensor(_OP, "vision", vision, 2, X.FLOATS, "a float type")
+    cu = X.offsets(_OP, "cu_seqlens", cu_seqlens, vision.shape[0], "N (rows of vision)")
+    X.tensor(_OP, "budgets", budgets, 1, X.INTS, "int32 or int64")
+    if budgets.shape[0] != len(cu) - 1:
+        X.fail(_OP, f"budgets has {budgets.shape[0]} entries for {len(cu) - 1} images")
+    X.choice(_OP, "mode", mode, ("maxmin", "maxsum"))
+    X.option(_OP, "eps", eps, C.EPS)
+    if X.readable(budgets):
+        for k, b in enumerate(budgets.tolist()):
+            if not 0 <= b <= cu[k + 1] - cu[k]:
+                X.fail(_OP, f"budgets[{k}] = {b} must lie in [0, {cu[k + 1] - cu[k]}] (m_{k})")
+    return False
 
 
 def reference(
@@ -50,6 +72,7 @@ def greedy_select(
     vision: torch.Tensor, cu_seqlens: torch.Tensor, budgets: torch.Tensor, mode: str, eps: float
 ) -> torch.Tensor:
     """Stage 1. ``rank [N]`` int64: pick step of each token inside its image, -1 if unpicked."""
+    check(vision, cu_seqlens, budgets, mode, eps)
     return reference(vision, cu_seqlens, budgets, mode, eps)
 
 

@@ -7,7 +7,24 @@ import math
 
 import torch
 
+from . import _contract as X
 from ._common import bounds
+
+_OP = "pareto_select"
+
+
+def check(gains: torch.Tensor, align: torch.Tensor, offsets: torch.Tensor, k: list[int]) -> bool:
+    """The op's contract: ``0 <= k[r] <= segment size`` (exactly ``k[r]`` points exist)."""
+    X.tensor(_OP, "gains", gains, 1, X.FLOATS, "a float type")
+    X.tensor(_OP, "align", align, 1, X.FLOATS, "a float type")
+    if align.shape != gains.shape:
+        X.fail(_OP, f"align has shape {tuple(align.shape)}, gains {tuple(gains.shape)}")
+    so = X.offsets(_OP, "offsets", offsets, gains.shape[0], "K (entries of gains)")
+    ks = X.int_list(_OP, "k", k, len(so) - 1)
+    for r, kr in enumerate(ks):
+        if not 0 <= kr <= so[r + 1] - so[r]:
+            X.fail(_OP, f"k[{r}] = {kr} must lie in [0, {so[r + 1] - so[r]}] (segment {r}'s size)")
+    return False
 
 
 def nondominated_fronts(f1: list[float], f2: list[float]) -> list[int]:
@@ -99,6 +116,7 @@ def pareto_select(
     gains: torch.Tensor, align: torch.Tensor, offsets: torch.Tensor, k: list[int]
 ) -> torch.Tensor:
     """Pareto selection. Keep mask ``[K]`` bool with exactly ``k[r]`` points per segment."""
+    check(gains, align, offsets, k)
     return reference(gains, align, offsets, k)
 
 

@@ -5,7 +5,38 @@ from __future__ import annotations
 
 import torch
 
+from .. import _checks as C
+from . import _contract as X
 from ._common import bounds, normalize
+
+_OP = "token_alignment"
+
+
+def check(
+    vision: torch.Tensor,
+    rows: torch.Tensor,
+    row_offsets: torch.Tensor,
+    text: torch.Tensor,
+    text_offsets: torch.Tensor,
+    reduce: str,
+    eps: float,
+) -> bool:
+    """The op's contract: rows in ``[0, N)``, one text segment per row segment."""
+    X.tensor(_OP, "vision", vision, 2, X.FLOATS, "a float type")
+    X.tensor(_OP, "rows", rows, 1, (torch.int64,), "int64")
+    X.tensor(_OP, "text", text, 2, X.FLOATS, "a float type")
+    X.same_space(_OP, vision, text)
+    ro = X.offsets(_OP, "row_offsets", row_offsets, rows.shape[0], "K (entries of rows)")
+    to = X.offsets(_OP, "text_offsets", text_offsets, text.shape[0], "M (rows of text)")
+    if len(to) != len(ro):
+        X.fail(_OP, f"text_offsets has {len(to)} entries, row_offsets {len(ro)} (one per request)")
+    X.choice(_OP, "reduce", reduce, ("mean", "max"))
+    X.option(_OP, "eps", eps, C.EPS)
+    if X.readable(rows) and rows.numel():
+        lo, hi = torch.aminmax(rows)
+        if int(lo) < 0 or int(hi) >= vision.shape[0]:
+            X.fail(_OP, f"rows holds rows outside [0, {vision.shape[0]}) (rows of vision)")
+    return False
 
 
 def reference(
@@ -43,6 +74,7 @@ def token_alignment(
     eps: float,
 ) -> torch.Tensor:
     """``a [K]`` float32: mean/max cosine of ``vision[rows]`` to the request's text rows."""
+    check(vision, rows, row_offsets, text, text_offsets, reduce, eps)
     return reference(vision, rows, row_offsets, text, text_offsets, reduce, eps)
 
 

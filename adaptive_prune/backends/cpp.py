@@ -62,7 +62,8 @@ def table() -> dict[str, Callable]:
     if "table" not in _STATE:
         if _load() is not None:
             raise RuntimeError(f"the C++ backend is not available: {_STATE['reason']}")
-        _STATE["table"] = {name: _wrap(name) for name in ops.ALL_OPS}
+        ns = getattr(torch.ops, NAMESPACE)
+        _STATE["table"] = {name: _wrap(name) for name in ops.ALL_OPS if hasattr(ns, name)}
     return _STATE["table"]
 
 

@@ -19,6 +19,7 @@ from . import (
     global_greedy,
     greedy_select,
     pareto_select,
+    refine_medoids,
     token_alignment,
 )
 
@@ -29,6 +30,7 @@ _MODULES = (
     global_greedy,
     token_alignment,
     pareto_select,
+    refine_medoids,
 )
 
 # op name -> the public custom op (also ``torch.ops.adaptive_prune.<name>``)

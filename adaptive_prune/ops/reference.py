@@ -15,6 +15,7 @@ from .global_greedy import reference as global_greedy
 from .greedy_select import reference as greedy_select
 from .pareto_select import crowding_distance, nondominated_fronts
 from .pareto_select import reference as pareto_select
+from .refine_medoids import reference as refine_medoids
 from .token_alignment import reference as token_alignment
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "global_greedy",
     "token_alignment",
     "pareto_select",
+    "refine_medoids",
     "crowding_distance",
     "nondominated_fronts",
 ]

@@ -145,8 +145,8 @@ class Layout:
 
     ``pool_sizes`` ``B1`` per request; ``b`` the per-image pool budgets (sum ``B1``);
     ``groups`` the images of every group (live requests only, request order, then by lowest
-    image); ``group_request`` the request of every group; ``group_budget`` every group's share
-    of ``B``; ``chain`` every group's number of global-chain entries (reserved included).
+    image); ``group_request`` the request of every group; ``chain`` every request's number of
+    global-chain entries (reserved included; 0 for trivial requests).
     """
 
     pool_sizes: list[int]
@@ -155,7 +155,6 @@ class Layout:
     b: list[int]
     groups: list[list[int]]
     group_request: list[int]
-    group_budget: list[int]
     chain: list[int]
 
     def group_pool(self) -> list[int]:
@@ -254,12 +253,9 @@ def read_host(
     - pool sizes ``B1 = min(N_r, B + ceil(B * lam * (1 - rho)))`` (``B`` for trivial requests
       and without the inter-image stage);
     - per-image pool budgets ``b_k`` (``allocate_budgets`` over the images, total ``B1``);
-    - groups of similar images (:func:`make_groups`) and each group's share ``B_g`` of ``B``
-      (``allocate_budgets`` over the groups: weights ``sum w_k``, minimums ``sum min(q_k,
-      m_k)``, caps ``sum b_k``);
-    - chain entries per group: ``B_g`` without text, and with text (or ``tau``) ``B_g`` plus a
-      share of ``ceil((gamma - 1) * B)`` extra picks (``allocate_budgets`` over the groups,
-      weights ``B_g``, caps the rest of the group's pool).
+    - groups of similar images (:func:`make_groups`);
+    - the global chain's entries per request: ``B`` without text, ``min(B1, max(B, ceil(gamma
+      * B)))`` with text (or ``tau``).
     """
     R, n = plan.R, plan.n
     pending = finite.flags(scores.rho.dtype, scores.rho.device) if finite is not None else None
@@ -314,36 +310,16 @@ def read_host(
             gs = [live]
         groups += gs
         g_req += [r] * len(gs)
-    g_off = [0] + [sum(1 for x in g_req if x <= r) for r in range(R)]
-    gw = [sum(w[k] for k in g) for g in groups]
-    g_lo = [sum(mins[k] for k in g) for g in groups]
-    g_pool = [sum(b[k] for k in g) for g in groups]
-    g_tot = [0 if plan.trivial(r) else plan.budgets[r] for r in range(R)]
-    gb = _alloc(gw, g_pool, g_lo, g_off, g_tot)
-    chain = list(gb)
-    extra_tot = [0] * R
+    chain = [0] * R
     for r in range(R):
-        if g_tot[r] and (has_text[r] or o["tau"] is not None):
-            room = sum(g_pool[i] - gb[i] for i in range(g_off[r], g_off[r + 1]))
-            extra_tot[r] = min(room, math.ceil((float(o["gamma"]) - 1.0) * g_tot[r] - 1e-9))
-    if any(extra_tot):
-        extra = _alloc([float(v) for v in gb], [p - v for p, v in zip(g_pool, gb)],
-                       [0] * len(gb), g_off, extra_tot)  # fmt: skip
-        chain = [v + e for v, e in zip(gb, extra)]
-    return Layout(sizes, rho, d_inter, b, groups, g_req, gb, chain)
-
-
-def _alloc(weights, caps, mins, offsets, totals) -> list[int]:
-    """``allocate_budgets`` on host lists (segments = groups)."""
-    if not weights:
-        return []
-    return _op.allocate_budgets(
-        torch.tensor(weights, dtype=torch.float32),
-        torch.tensor(caps, dtype=torch.int64),
-        torch.tensor(mins, dtype=torch.int64),
-        torch.tensor(offsets, dtype=torch.int64),
-        torch.tensor(totals, dtype=torch.int64),
-    ).tolist()
+        if plan.trivial(r) or not o["inter_image"]:
+            continue
+        B = plan.budgets[r]
+        P = B
+        if has_text[r] or o["tau"] is not None:
+            P = min(sizes[r], max(B, math.ceil(float(o["gamma"]) * B - 1e-9)))
+        chain[r] = P
+    return Layout(sizes, rho, d_inter, b, groups, g_req, chain)
 
 
 def stage1_pool(vision: torch.Tensor, plan: Plan, lay: Layout, o: dict) -> Pool:
@@ -398,19 +374,24 @@ def stage1_pool(vision: torch.Tensor, plan: Plan, lay: Layout, o: dict) -> Pool:
 def stage2_select(
     vision: torch.Tensor, text, plan: Plan, lay: Layout, pool: Pool, o: dict
 ) -> tuple[list[torch.Tensor], list[int]]:
-    """Global diversity chain (``global_greedy``, one chain per group from its reserved
-    tokens), the final selection of the non-trivial requests and the coverage refinement
-    (``refine_medoids``). Returns the kept rows (in parts) and the number of candidates of the
-    final selection of every request (0 for trivial ones)."""
+    """Global diversity chain (``global_greedy`` over each request's pool from its reserved
+    tokens, tokens of different groups never covering each other), the final selection of the
+    non-trivial requests and the coverage refinement (``refine_medoids``). Returns the kept
+    rows (in parts) and the number of candidates of the final selection of every request (0
+    for trivial ones)."""
     dev = vision.device
     R = plan.R
     eps = float(o["eps"])
-    G = len(lay.groups)
-    g_pool = lay.group_pool()
-    g_off = starts(g_pool)
-    n_res = [sum(plan.mins[k] for k in g) for g in lay.groups]
+    g_off = starts([sum(lay.b[k] for k in g) for g in lay.groups])
+    p_off = starts([0 if plan.trivial(r) else lay.pool_sizes[r] for r in range(R)])
     order, gains = _op.global_greedy(
-        vision, pool.rows, torch.tensor(g_off, dtype=torch.int64), pool.reserved, lay.chain, eps
+        vision,
+        pool.rows,
+        torch.tensor(p_off, dtype=torch.int64),
+        pool.reserved,
+        lay.chain,
+        eps,
+        torch.tensor(g_off, dtype=torch.int64),
     )
     ch_off = starts(lay.chain)
     K = pool.rows.numel()
@@ -419,33 +400,26 @@ def stage2_select(
     n_cand = [0] * R
     text_req = []
     for r in range(R):
-        gi = [i for i in range(G) if lay.group_request[i] == r]
-        if not gi:
+        if plan.trivial(r):
             continue
+        B = plan.budgets[r]
+        seg = order[ch_off[r] : ch_off[r + 1]]
+        nr = _reserved_count(plan, r)
+        n_cand[r] = int(seg.numel())
         if text is not None and plan.text_rows(r):
-            text_req.append((r, gi))  # (tau applies to requests without text only)
-            continue
-        if o["tau"] is None:  # the chain is the selection: B_g entries per group
-            seg = order[ch_off[gi[0]] : ch_off[gi[-1] + 1]]
+            text_req.append((r, nr))  # (tau applies to requests without text only)
+        elif o["tau"] is None:  # the chain is the selection
             keep[seg] = True
             movable[seg] = True
-            n_cand[r] = int(seg.numel())
-            continue
-        # hard filter: the request's chain entries by gain (reserved first), filtered, first B
-        seg = order[ch_off[gi[0]] : ch_off[gi[-1] + 1]]
-        g = gains[ch_off[gi[0]] : ch_off[gi[-1] + 1]]
-        srt = torch.argsort(-g.double(), stable=True)
-        seg = seg[srt]
-        nr = sum(n_res[i] for i in gi)
-        rows_img = pool.image[pool.rows[seg]]
-        kf = _hard_filter(
-            vision, pool.rows[seg], rows_img, nr, plan.budgets[r], float(o["tau"]), eps
-        )
-        seg = seg[kf]
-        n_cand[r] = int(seg.numel())
-        keep[seg[: plan.budgets[r]]] = True
+        else:
+            rows_img = pool.image[pool.rows[seg]]
+            kf = _hard_filter(vision, pool.rows[seg], rows_img, nr, B, float(o["tau"]), eps)
+            n_cand[r] = int(kf.sum())
+            seg = seg[kf][:B]
+            keep[seg] = True
+            movable[seg] = True
     if text_req:
-        _final_selection(vision, text, plan, lay, pool, order, gains, ch_off, n_res, text_req,
+        _final_selection(vision, text, plan, lay, pool, order, gains, ch_off, g_off, text_req,
                          keep, movable, n_cand, o)  # fmt: skip
     if int(o["refine"]) > 0:
         keep = _op.refine_medoids(
@@ -458,71 +432,68 @@ def stage2_select(
             int(o["refine"]),
             eps,
         )
-    n_keep = sum(plan.budgets[r] for r in range(R) if any(x == r for x in lay.group_request))
+    n_keep = sum(plan.budgets[r] for r in range(R) if not plan.trivial(r))
     return [pool.rows[true_positions(keep, n_keep)]], n_cand
 
 
+def _reserved_count(plan: Plan, r: int) -> int:
+    return sum(plan.mins[plan.ro[r] : plan.ro[r + 1]])
+
+
 def _final_selection(
-    vision, text, plan, lay, pool, order, gains, ch_off, n_res, text_req, keep, movable, n_cand, o
+    vision, text, plan, lay, pool, order, gains, ch_off, g_off, text_req, keep, movable, n_cand, o
 ) -> None:
-    """With text: the diversity floor of every group's chain, then the Pareto (or weighted)
-    cut over the rest of the chains and the best-aligned tokens off the chains, to exactly the
-    slots left of every request. Writes ``keep`` and ``movable`` (floor and reserved tokens
-    may move in the refinement, the Pareto picks stay)."""
+    """With text: the diversity floor (the first ``ceil(kappa * (B - reserved))`` chain picks),
+    then the Pareto (or weighted) cut to exactly the slots left, over the rest of the chain and
+    as many best-aligned pool tokens off the chain as there are slots. Writes ``keep`` and
+    ``movable`` (reserved and floor tokens may move in the refinement, Pareto picks stay)."""
     dev = vision.device
     eps = float(o["eps"])
     kappa = float(o["diversity_floor"])
-    g_off = starts(lay.group_pool())
-    parts = []  # (r, candidate pool positions, their gains, slots)
-    for r, gi in text_req:
+    p_off = starts([0 if plan.trivial(r) else lay.pool_sizes[r] for r in range(plan.R)])
+    parts = []  # (r, slots, floor end)
+    for r, nr in text_req:
         B = plan.budgets[r]
-        tails, t_gain, taken = [], [], 0
-        for i in gi:
-            seg = order[ch_off[i] : ch_off[i + 1]]
-            nres, bg = n_res[i], lay.group_budget[i]
-            nf = min(bg - nres, math.ceil(kappa * (bg - nres) - 1e-9))
-            head = seg[: nres + nf]
-            keep[head] = True
-            movable[head] = True
-            taken += nres + nf
-            tails.append(seg[nres + nf :])
-            t_gain.append(gains[ch_off[i] + nres + nf : ch_off[i + 1]])
-        slots = B - taken
-        if slots <= 0:
-            continue
-        parts.append((r, gi, torch.cat(tails), torch.cat(t_gain), slots))
+        seg = order[ch_off[r] : ch_off[r + 1]]
+        nf = min(B - nr, math.ceil(kappa * (B - nr) - 1e-9))
+        keep[seg[: nr + nf]] = True
+        movable[seg[: nr + nf]] = True
+        if B > nr + nf:
+            parts.append((r, B - nr - nf, nr + nf))
     if not parts:
         return
     # alignment of every pool token of these requests (one token_alignment call)
     to = plan.to
-    p_rows = [torch.arange(g_off[gi[0]], g_off[gi[-1] + 1], device=dev) for _, gi, *_ in parts]
-    pos = torch.cat(p_rows)
-    off_t = torch.tensor(starts([p.numel() for p in p_rows]), dtype=torch.int64)
+    p_pos = [torch.arange(p_off[r], p_off[r + 1], device=dev) for r, *_ in parts]
+    off_t = torch.tensor(starts([p.numel() for p in p_pos]), dtype=torch.int64)
     txt = torch.cat([text[to[r] : to[r + 1]] for r, *_ in parts])
     txt_off = torch.tensor(starts([to[r + 1] - to[r] for r, *_ in parts]), dtype=torch.int64)
-    a_all = _op.token_alignment(vision, pool.rows[pos], off_t, txt, txt_off, str(o["align"]), eps)
+    a_all = _op.token_alignment(
+        vision, pool.rows[torch.cat(p_pos)], off_t, txt, txt_off, str(o["align"]), eps
+    )
     cand_pos, cand_g, cand_a, ks, sizes = [], [], [], [], []
-    for j, (r, gi, tail, t_gain, slots) in enumerate(parts):
-        a0, a1 = int(off_t[j]), int(off_t[j + 1])
-        pr, ar = p_rows[j], a_all[a0:a1]
-        on_chain = torch.zeros(pr.numel(), dtype=torch.bool, device=dev)
-        on_chain[order[ch_off[gi[0]] : ch_off[gi[-1] + 1]] - int(pr[0])] = True
-        off_pos = pr[~on_chain]
-        n_al = min(slots, int(off_pos.numel()))
-        top = torch.argsort(-ar[~on_chain].double(), stable=True)[:n_al]
+    for j, (r, slots, f_end) in enumerate(parts):
+        a0 = p_off[r]
+        ar = a_all[int(off_t[j]) : int(off_t[j + 1])]
+        seg = order[ch_off[r] : ch_off[r + 1]]
+        on_chain = torch.zeros(ar.numel(), dtype=torch.bool, device=dev)
+        on_chain[seg - a0] = True
+        off_pos = p_pos[j][~on_chain]
+        top = torch.argsort(-ar[~on_chain].double(), stable=True)[: min(slots, off_pos.numel())]
         al_pos = off_pos[top]
-        al_gain = _gain_to_chain(vision, pool, al_pos, order, ch_off, g_off, gi, eps)
-        c_pos = torch.cat([tail, al_pos])
-        c_gain = torch.cat([t_gain.float(), al_gain.float()])
-        # candidates by gain, largest first (ties: chains before aligned, then list order)
+        gi = [i for i, x in enumerate(lay.group_request) if x == r]
+        al_gain = _gain_to_chain(vision, pool, al_pos, seg, g_off, gi, eps)
+        c_pos = torch.cat([seg[f_end:], al_pos])
+        c_gain = torch.cat([gains[ch_off[r] + f_end : ch_off[r + 1]].float(), al_gain])
+        # candidates by gain, largest first (ties: chain before aligned, then list order)
         srt = torch.argsort(-c_gain.double(), stable=True)
         c_pos, c_gain = c_pos[srt], c_gain[srt]
         cand_pos.append(c_pos)
         cand_g.append(c_gain)
-        cand_a.append(ar[c_pos - int(pr[0])])
+        cand_a.append(ar[c_pos - a0])
         ks.append(slots)
         sizes.append(int(c_pos.numel()))
-        n_cand[r] = plan.budgets[r] - slots + sizes[-1]
+        n_cand[r] = f_end + sizes[-1]
     c_pos, c_g, c_a = torch.cat(cand_pos), torch.cat(cand_g), torch.cat(cand_a)
     off = starts(sizes)
     if o["selection"] == "pareto":
@@ -532,18 +503,17 @@ def _final_selection(
     keep[c_pos[true_positions(sel, sum(ks))]] = True
 
 
-def _gain_to_chain(vision, pool, cand, order, ch_off, g_off, gi, eps) -> torch.Tensor:
+def _gain_to_chain(vision, pool, cand, chain, g_off, gi, eps) -> torch.Tensor:
     """Cosine distance of every candidate pool position to the nearest chain entry of its own
-    group (the running minimum where the chain stopped)."""
+    group (its running minimum where the chain stopped)."""
     out = torch.zeros(cand.numel(), dtype=torch.float32, device=vision.device)
-    if cand.numel() == 0:
-        return out
     for i in gi:
         inside = (cand >= g_off[i]) & (cand < g_off[i + 1])
-        if not bool(inside.any()):
+        mine = chain[(chain >= g_off[i]) & (chain < g_off[i + 1])]
+        if not bool(inside.any()) or mine.numel() == 0:
             continue
         xc = normalize(vision[pool.rows[cand[inside]]], eps)
-        xs = normalize(vision[pool.rows[order[ch_off[i] : ch_off[i + 1]]]], eps)
+        xs = normalize(vision[pool.rows[mine]], eps)
         out[inside] = (1.0 - (xc @ xs.T).max(dim=1).values).float()
     return out
 
@@ -599,7 +569,6 @@ def run_adaptive(
     kept = torch.sort(kept).values
     if not want_diag:
         return kept, None
-    n_res = [sum(plan.mins[k] for k in g) for g in lay.groups]
     diags = []
     for r in range(plan.R):
         k0, k1 = ro[r], ro[r + 1]
@@ -608,7 +577,7 @@ def run_adaptive(
             bud = to_device(counts[k0:k1], dev) * (budgets[r] > 0)
         else:
             bud = to_device(lay.b[k0:k1], dev)
-        chain = 0 if not o["inter_image"] else sum(max(lay.chain[i] - n_res[i], 0) for i in gi)
+        chain = max(lay.chain[r] - _reserved_count(plan, r), 0) if lay.chain[r] else 0
         diags.append(
             Diagnostics(
                 d_intra=scores.d_intra[k0:k1],

@@ -1,5 +1,6 @@
 """Op ``adaptive_prune::global_greedy`` (stage 2 filter): a max-min greedy over each request's
-pool that records every pick's gain. Definition, fake and reference."""
+pool, inside groups of similar images, that records every pick's gain. Definition, fake and
+reference."""
 
 from __future__ import annotations
 
@@ -10,8 +11,17 @@ import torch
 from ._common import bounds, compute_dtype, greedy_order, normalize
 
 
-def _distance_row(xh: torch.Tensor):
-    return lambda j: 1.0 - xh @ xh[j]
+def _distance_row(xh: torch.Tensor, group_of: list[int], go: list[int]):
+    """Distances of pick ``j`` to the pool: ``1 - x̂ . x̂_j`` inside ``j``'s group, ``+inf``
+    elsewhere (only the group's rows are computed)."""
+
+    def row(j: int) -> torch.Tensor:
+        g = group_of[j]
+        out = torch.full((xh.shape[0],), math.inf, dtype=xh.dtype, device=xh.device)
+        out[go[g] : go[g + 1]] = 1.0 - xh[go[g] : go[g + 1]] @ xh[j]
+        return out
+
+    return row
 
 
 def reference(
@@ -21,17 +31,26 @@ def reference(
     reserved: torch.Tensor,
     num_picks: list[int],
     eps: float,
+    group_offsets: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max-min greedy over each request's pool, starting from its reserved tokens.
+    """Max-min greedy over each request's pool, starting from its reserved tokens, where tokens
+    of different groups never cover each other.
 
     ``pool [K]`` are rows of ``vision``; request ``r`` owns pool positions
-    ``pool_offsets[r]:pool_offsets[r+1]``. Returns ``order [sum P]`` (global pool positions) and
-    ``gains [sum P]``: for request ``r`` the first entries are its reserved positions in pool
-    order (gain ``+inf``), followed by greedy picks (argmax over unpicked of the min cosine
+    ``pool_offsets[r]:pool_offsets[r+1]``; group ``g`` owns ``group_offsets[g]:[g+1]`` (every
+    request offset is a group offset: groups never straddle requests). The distance between
+    two pool tokens is ``1 - x̂_i . x̂_j`` inside a group and ``+inf`` across groups, so a
+    group with no reserved token starts with its first position (gain ``+inf``), and the
+    chain is the merge by gain of one max-min chain per group.
+
+    Returns ``order [sum P]`` (global pool positions) and ``gains [sum P]``: for request
+    ``r`` the first entries are its reserved positions in pool order (gain ``+inf``), followed
+    by greedy picks (argmax over unpicked of the min cosine
     distance to the picked set, ties to the lower pool position) until ``P_r = num_picks[r]``
     entries; each pick's gain is that min distance at the moment it was picked.
     """
     po = bounds(pool_offsets)
+    go = bounds(group_offsets)
     cd = compute_dtype(vision.dtype)
     orders, gains = [], []
     for r in range(len(po) - 1):
@@ -42,11 +61,13 @@ def reference(
         g = [math.inf] * nres
         if P > nres:
             xh = normalize(vision[pool[a:e]], eps)
-            if nres:
-                acc = (1.0 - xh @ xh[res].T).min(dim=1).values
-            else:  # no start set: the first pick is position 0 (callers always reserve one)
-                acc = torch.full((e - a,), math.inf, dtype=cd, device=vision.device)
-            o += greedy_order(acc, reserved[a:e].clone(), P - nres, _distance_row(xh), gains=g)
+            gl = [v - a for v in go if a <= v <= e]  # this request's group offsets, local
+            group_of = [t for t in range(len(gl) - 1) for _ in range(gl[t], gl[t + 1])]
+            row = _distance_row(xh, group_of, gl)
+            acc = torch.full((e - a,), math.inf, dtype=cd, device=vision.device)
+            for j in res.tolist():  # min is exact: the order of the reserved rows is free
+                acc = torch.minimum(acc, row(j))
+            o += greedy_order(acc, reserved[a:e].clone(), P - nres, row, gains=g)
         orders.append(torch.tensor(o[:P], dtype=torch.int64) + a)
         gains.append(torch.tensor(g[:P], dtype=torch.float32))
     dev = vision.device
@@ -63,13 +84,14 @@ def global_greedy(
     reserved: torch.Tensor,
     num_picks: list[int],
     eps: float,
+    group_offsets: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 2 filter. ``(order [sum P] int64 pool positions, gains [sum P] float32)``."""
-    return reference(vision, pool, pool_offsets, reserved, num_picks, eps)
+    return reference(vision, pool, pool_offsets, reserved, num_picks, eps, group_offsets)
 
 
 @global_greedy.register_fake
-def _(vision, pool, pool_offsets, reserved, num_picks, eps):
+def _(vision, pool, pool_offsets, reserved, num_picks, eps, group_offsets):
     total = sum(num_picks)
     return (
         vision.new_empty((total,), dtype=torch.int64),

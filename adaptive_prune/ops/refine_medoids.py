@@ -18,43 +18,36 @@ def _step(xh: torch.Tensor, img: torch.Tensor, keep: torch.Tensor, movable: torc
     """One refinement step on one group (see :func:`reference`); returns the new keep mask."""
     m = xh.shape[0]
     dev = xh.device
-    centres = torch.nonzero(keep).flatten()  # [c] ascending pool positions
-    if centres.numel() == 0 or centres.numel() == m:
+    centres = torch.nonzero(keep).flatten()  # [c] ascending positions
+    c = centres.numel()
+    if c == 0 or c == m:
         return keep
-    sim = xh @ xh[centres].T  # [m, c]
-    best, slot = sim.max(dim=1)  # torch.max: the first maximum (lowest centre) on ties
+    best, slot = (xh @ xh[centres].T).max(dim=1)  # torch.max: first maximum on ties
     dist = 1.0 - best
     dist[centres] = 0.0
-    slot[centres] = torch.arange(centres.numel(), device=dev)  # a centre is its own cluster
-    kc = dist.max()
-    # members of every cluster, sorted by cluster: every (candidate, member) pair of a cluster
-    member = torch.argsort(slot, stable=True)  # [m]
-    size = torch.bincount(slot, minlength=centres.numel())  # [c]
-    start = torch.cumsum(size, 0) - size
-    left = torch.repeat_interleave(member, size[slot[member]])  # candidate of every pair
-    within = torch.arange(left.numel(), device=dev) - torch.repeat_interleave(
-        torch.cumsum(size[slot[member]], 0) - size[slot[member]], size[slot[member]]
-    )
-    right = member[start[slot[left]] + within]  # member of every pair
-    d = 1.0 - (xh[left] * xh[right]).sum(dim=1)
-    d = torch.where(left == right, torch.zeros_like(d), d)
-    cost = torch.zeros(m, dtype=xh.dtype, device=dev).index_add_(0, left, d)
-    radius = torch.zeros(m, dtype=xh.dtype, device=dev).scatter_reduce_(
-        0, left, d, "amax", include_self=True
-    )
-    centre = centres[slot]  # [m] the centre of every token's cluster
-    # a candidate: in its centre's image, not another centre, radius within the k-centre
-    ok = (img == img[centre]) & (~keep | (centre == torch.arange(m, device=dev))) & (radius <= kc)
-    ok &= movable[centre]
-    inf = torch.full_like(cost, float("inf"))
-    c_cost = torch.where(ok, cost, inf)
-    low = torch.full((centres.numel(),), float("inf"), dtype=xh.dtype, device=dev)
+    slot[centres] = torch.arange(c, device=dev)  # a kept position is its own centre
+    radius_now = dist.max()
+    size = torch.bincount(slot, minlength=c).to(xh.dtype)  # [c]
+    total = torch.zeros(c, xh.shape[1], dtype=xh.dtype, device=dev).index_add_(0, slot, xh)
+    cost = size[slot] - (xh * total[slot]).sum(dim=1)  # [m] cost as its cluster's medoid
+    centre = centres[slot]  # [m]
+    pos = torch.arange(m, device=dev)
+    ok = (img == img[centre]) & (~keep | (centre == pos)) & movable[centre]
+    c_cost = torch.where(ok, cost, torch.full_like(cost, float("inf")))
+    low = torch.full((c,), float("inf"), dtype=xh.dtype, device=dev)
     low = low.scatter_reduce_(0, slot, c_cost, "amin", include_self=True)
     at_low = ok & (c_cost == low[slot])
-    big = torch.full((centres.numel(),), m, dtype=torch.int64, device=dev)
-    pos = torch.where(at_low, torch.arange(m, device=dev), torch.full_like(slot, m))
-    choice = big.scatter_reduce_(0, slot, pos, "amin", include_self=True)  # [c]
-    move = (choice < m) & (low < cost[centres])
+    choice = torch.full((c,), m, dtype=torch.int64, device=dev)
+    choice = choice.scatter_reduce_(
+        0, slot, torch.where(at_low, pos, torch.full_like(pos, m)), "amin", include_self=True
+    )  # [c] the cheapest candidate of every cluster (lowest position on ties)
+    better = (choice < m) & (low < cost[centres])
+    to = torch.where(better, choice, centres)
+    d_new = 1.0 - (xh * xh[to[slot]]).sum(dim=1)
+    d_new = torch.where(pos == to[slot], torch.zeros_like(d_new), d_new)
+    radius = torch.zeros(c, dtype=xh.dtype, device=dev)
+    radius = radius.scatter_reduce_(0, slot, d_new, "amax", include_self=True)
+    move = better & (radius <= radius_now)
     new = keep.clone()
     new[centres[move]] = False
     new[choice[move]] = True
@@ -80,10 +73,12 @@ def reference(
        its own centre), at distance ``d_i = 1 - x̂_i . x̂_{c(i)}`` (0 for kept positions).
        ``R = max_i d_i`` is the group's k-centre radius.
     2. Candidates of a movable centre ``j``: the members ``c`` of its cluster in ``j``'s image
-       that are ``j`` itself or not kept, whose radius ``max_{i in cluster} (1 - x̂_i.x̂_c)`` is at
-       most ``R``. Cost of ``c``: ``sum_{i in cluster} (1 - x̂_i . x̂_c)`` (0 for ``i = c``).
-    3. Every movable centre whose cheapest candidate (ties to the lower position) costs strictly
-       less than itself moves there; all moves of a step apply at once.
+       that are ``j`` itself or not kept. Cost of a member ``c``: ``n_j - x̂_c . s_j`` with
+       ``n_j`` the cluster's size and ``s_j`` the sum of its members' unit rows (the sum of the
+       members' distances to ``c``).
+    3. The cheapest candidate ``c*`` (ties to the lower position) replaces ``j`` when it costs
+       strictly less than ``j`` and the cluster's radius ``max_{i in cluster} (1 - x̂_i .
+       x̂_c*)`` (0 for ``i = c*``) is at most ``R``. All moves of a step apply at once.
 
     Every image keeps its count, the k-centre radius of a group never rises and the sum of
     nearest-kept distances never rises (each cluster's cost falls, then the reassignment can

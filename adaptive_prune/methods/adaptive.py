@@ -54,6 +54,8 @@ OPTIONS = {
     # with text: share of the non-reserved slots filled straight from the global greedy order
     # (largest gains) before the Pareto selection fills the rest (0 = Pareto only)
     "diversity_floor": (0.5, C.unit_interval),
+    # with text: best-aligned pool tokens off the chain offered to the Pareto cut, per slot
+    "aligned": (1.0, C.non_negative),
     # images whose descriptors are within this cosine distance share a global chain
     "group_dist": (0.15, C.non_negative),
     "group_size": (4, C.int_at_least(1)),  # at most this many images per group
@@ -479,7 +481,8 @@ def _final_selection(
         on_chain = torch.zeros(ar.numel(), dtype=torch.bool, device=dev)
         on_chain[seg - a0] = True
         off_pos = p_pos[j][~on_chain]
-        top = torch.argsort(-ar[~on_chain].double(), stable=True)[: min(slots, off_pos.numel())]
+        n_al = min(math.ceil(float(o["aligned"]) * slots - 1e-9), off_pos.numel())
+        top = torch.argsort(-ar[~on_chain].double(), stable=True)[:n_al]
         al_pos = off_pos[top]
         gi = [i for i, x in enumerate(lay.group_request) if x == r]
         al_gain = _gain_to_chain(vision, pool, al_pos, seg, g_off, gi, eps)

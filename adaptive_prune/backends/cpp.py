@@ -53,10 +53,6 @@ def _wrap(name: str) -> Callable:
 
     def impl(*args, proj_dim: int = AUTO, num_threads: Optional[int] = None):
         args = tuple(list(a) if isinstance(a, (list, tuple)) else a for a in args)
-        if name == "global_greedy":
-            *args, groups = args
-            if not torch.equal(groups.cpu(), args[2].cpu()):  # several groups in a request
-                return ops.REFERENCE[name](*args, groups)  # not in the C++ core yet
         return fn(*args, proj_dim) if greedy else fn(*args)
 
     return impl

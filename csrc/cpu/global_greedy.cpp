@@ -1,7 +1,12 @@
 // Stage 2 filter: max-min greedy over every request's pool (reference.global_greedy), parallel
-// over requests.
+// over requests, inside groups of similar images.
 //
-// Request r owns pool positions pool_offsets[r]:pool_offsets[r+1] (rows pool[...] of vision).
+// Request r owns pool positions pool_offsets[r]:pool_offsets[r+1] (rows pool[...] of vision);
+// group g owns group_offsets[g]:group_offsets[g+1] (every request offset is a group offset).
+// Tokens of different groups never cover each other (distance +inf), so the chain of a request
+// is the merge by gain of one max-min chain per group (one MaxMin per group; at every step the
+// group whose next pick has the largest running minimum, ties to the lower group, i.e. the
+// lower pool position): the work per pick is one group's rows.
 // Its output starts with its reserved positions in pool order (gain +inf), followed by greedy
 // picks (argmax over unpicked of the min cosine distance to the picked set, ties to the lower
 // pool position) until num_picks[r] entries; each pick's gain is that distance when picked.
@@ -12,6 +17,8 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/index_select.h>
 #include <torch/library.h>
+
+#include <memory>
 
 #include "maxmin.h"
 
@@ -35,6 +42,7 @@ std::tuple<at::Tensor, at::Tensor> global_greedy_cpu(const at::Tensor& vision,
                                                      const at::Tensor& pool_offsets,
                                                      const at::Tensor& reserved,
                                                      at::IntArrayRef num_picks, double eps,
+                                                     const at::Tensor& group_offsets,
                                                      int64_t proj_dim) {
   check_tokens(vision, "vision");
   const int64_t N = vision.size(0), D = vision.size(1);
@@ -45,6 +53,11 @@ std::tuple<at::Tensor, at::Tensor> global_greedy_cpu(const at::Tensor& vision,
                       " is not a row of vision (N = ", N, ")");
   const std::vector<int64_t> po = read_offsets(pool_offsets, "pool_offsets", K, "K (pool size)");
   const int64_t R = static_cast<int64_t>(po.size()) - 1;
+  const std::vector<int64_t> go =
+      read_offsets(group_offsets, "group_offsets", K, "K (pool size)");
+  for (int64_t r = 0; r <= R; ++r)
+    TORCH_CHECK_VALUE(std::binary_search(go.begin(), go.end(), po[r]), "pool_offsets[", r,
+                      "] = ", po[r], " is not a group offset: groups must not straddle requests");
   check_cpu(reserved, "reserved");
   TORCH_CHECK_TYPE(reserved.scalar_type() == at::kBool, "reserved must be bool, got ",
                    reserved.scalar_type());
@@ -112,12 +125,34 @@ std::tuple<at::Tensor, at::Tensor> global_greedy_cpu(const at::Tensor& vision,
       ++t;
     }
     if (!runs[r]) return;
-    MaxMin mm(xp + a * D, m, D, choose_proj_dim(proj_dim, m, P, D));
-    int64_t j = res.empty() ? mm.argmax() : mm.pick_many(res);
+    // this request's groups: [gs[u], gs[u+1]) local positions
+    std::vector<int64_t> gs;
+    for (int64_t v : go)
+      if (v >= a && v <= a + m && (gs.empty() || v != gs.back())) gs.push_back(v - a);
+    const int64_t G = static_cast<int64_t>(gs.size()) - 1;
+    std::vector<std::unique_ptr<MaxMin>> mm(static_cast<size_t>(G));
+    std::vector<int64_t> head(static_cast<size_t>(G), -1);
+    for (int64_t u = 0; u < G; ++u) {
+      const int64_t b0 = gs[u], size = gs[u + 1] - gs[u];
+      std::vector<int64_t> mine;
+      for (int64_t i : res)
+        if (i >= b0 && i < b0 + size) mine.push_back(i - b0);
+      const int64_t picks = std::min(size, P);
+      mm[u] = std::make_unique<MaxMin>(xp + (a + b0) * D, size, D,
+                                       choose_proj_dim(proj_dim, size, picks, D));
+      head[u] = mine.empty() ? mm[u]->argmax() : mm[u]->pick_many(mine);
+    }
     for (; t < P; ++t) {
-      out_o[t] = a + j;
-      out_g[t] = mm.acc(j);
-      if (t + 1 < P) j = mm.pick(j);
+      int64_t best = -1;
+      float bv = 0.f;
+      for (int64_t u = 0; u < G; ++u) {
+        if (head[u] < 0) continue;
+        const float v = mm[u]->acc(head[u]);
+        if (best < 0 || v > bv) best = u, bv = v;
+      }
+      out_o[t] = a + gs[best] + head[best];
+      out_g[t] = bv;
+      if (t + 1 < P) head[best] = mm[best]->pick(head[best]);
     }
   });
   return {order, gains};

@@ -21,7 +21,8 @@ cosine; images repeated beyond the 16 distinct 576-token ones get 5 % seeded noi
   with a cap (``--cap`` seconds; a run over the cap is recorded as such).
 
 Every row: the median of ``--runs`` runs after one warm-up (one run when a run exceeds 10 s),
-``prune`` and ``divprune`` in the same process on the same inputs, and their ratio.
+``prune`` (default options, and with ``refine=0``) and ``divprune`` in the same process on
+the same inputs, and the ratios to ``divprune``.
 """
 
 from __future__ import annotations
@@ -134,17 +135,21 @@ def run_case(name, x, counts, text, runs, cap=None):
     def adaptive():
         res["d"] = ap.prune(x, cu, text, keep_ratio=0.25, return_diagnostics=True).diagnostics
 
+    def no_refine():
+        ap.prune(x, cu, text, keep_ratio=0.25, refine=0)
+
     def divprune():
         ap.prune(x, cu, keep_ratio=0.25, method="divprune")
 
-    for method, fn in (("adaptive", adaptive), ("divprune", divprune)):
+    methods = [("adaptive", adaptive), ("adaptive refine=0", no_refine), ("divprune", divprune)]
+    for method, fn in methods:
         if cap is None:
             ms, n = timed(fn, runs)
         else:
             ms, n = capped(fn, cap), 1
         rows.append((method, ms, n))
     d = res.get("d")
-    div_ms = rows[1][1]
+    div_ms = rows[-1][1]
     out = []
     for method, ms, n in rows:
         out.append(

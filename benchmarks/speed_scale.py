@@ -32,7 +32,6 @@ import csv
 import math
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -112,19 +111,27 @@ def timed(fn, runs: int) -> tuple[float, int]:
 
 
 def capped(fn, cap: float) -> float:
-    """Wall ms of one call, or ``inf`` when it does not finish within ``cap`` seconds (the call
-    keeps running in a daemon thread; the process exits at the end)."""
-    out = {}
+    """Wall ms of one call in a forked child process, or ``inf`` when it does not finish
+    within ``cap`` seconds (the child is then terminated, so it never competes with the next
+    row)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
 
     def go():
         t0 = time.perf_counter()
         fn()
-        out["ms"] = (time.perf_counter() - t0) * 1e3
+        q.put((time.perf_counter() - t0) * 1e3)
 
-    th = threading.Thread(target=go, daemon=True)
-    th.start()
-    th.join(cap)
-    return out.get("ms", math.inf)
+    p = ctx.Process(target=go, daemon=True)
+    p.start()
+    p.join(cap)
+    if p.is_alive():
+        p.terminate()
+        p.join()
+        return math.inf
+    return q.get() if not q.empty() else math.inf
 
 
 def run_case(name, x, counts, text, runs, cap=None):

@@ -13,8 +13,6 @@ from __future__ import annotations
 import importlib.util
 from typing import Any, Callable, Optional
 
-import torch
-
 _STATE: dict[str, Any] = {}
 
 
@@ -47,10 +45,6 @@ def table() -> dict[str, Callable]:
 
     def greedy(fwd: Callable) -> Callable:
         def impl(*args, greedy_window: Optional[int] = None, block_budget_mb=None):
-            if fwd is global_greedy_fwd:
-                *args, groups = args
-                if not torch.equal(groups.cpu(), args[2].cpu()):  # several groups: not yet
-                    return ops.REFERENCE["global_greedy"](*args, groups)
             return fwd(*args, window=greedy_window, block_budget_mb=block_budget_mb)
 
         return impl

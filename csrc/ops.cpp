@@ -31,7 +31,7 @@ TORCH_LIBRARY(adaptive_prune_cpp, m) {
       "int proj_dim=-1) -> Tensor");
   m.def(
       "global_greedy(Tensor vision, Tensor pool, Tensor pool_offsets, Tensor reserved, "
-      "int[] num_picks, float eps, Tensor group_offsets, int proj_dim=-1) -> (Tensor, Tensor)");
+      "int[] num_picks, float eps, Tensor? group_offsets=None, int proj_dim=-1) -> (Tensor, Tensor)");
   m.def(
       "token_alignment(Tensor vision, Tensor rows, Tensor row_offsets, Tensor text, "
       "Tensor text_offsets, str reduce, float eps) -> Tensor");

@@ -53,6 +53,8 @@ def _wrap(name: str) -> Callable:
 
     def impl(*args, proj_dim: int = AUTO, num_threads: Optional[int] = None):
         args = tuple(list(a) if isinstance(a, (list, tuple)) else a for a in args)
+        if name == "global_greedy" and len(args) == 6:
+            args += (None,)  # group_offsets omitted: one group per request
         return fn(*args, proj_dim) if greedy else fn(*args)
 
     return impl

@@ -5,6 +5,7 @@ reference."""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -31,14 +32,15 @@ def reference(
     reserved: torch.Tensor,
     num_picks: list[int],
     eps: float,
-    group_offsets: torch.Tensor,
+    group_offsets: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Max-min greedy over each request's pool, starting from its reserved tokens, where tokens
     of different groups never cover each other.
 
     ``pool [K]`` are rows of ``vision``; request ``r`` owns pool positions
     ``pool_offsets[r]:pool_offsets[r+1]``; group ``g`` owns ``group_offsets[g]:[g+1]`` (every
-    request offset is a group offset: groups never straddle requests). The distance between
+    request offset is a group offset: groups never straddle requests; None: one group per
+    request). The distance between
     two pool tokens is ``1 - x̂_i . x̂_j`` inside a group and ``+inf`` across groups, so a
     group with no reserved token starts with its first position (gain ``+inf``), and the
     chain is the merge by gain of one max-min chain per group.
@@ -50,7 +52,7 @@ def reference(
     entries; each pick's gain is that min distance at the moment it was picked.
     """
     po = bounds(pool_offsets)
-    go = bounds(group_offsets)
+    go = bounds(group_offsets) if group_offsets is not None else po
     cd = compute_dtype(vision.dtype)
     orders, gains = [], []
     for r in range(len(po) - 1):
@@ -84,14 +86,14 @@ def global_greedy(
     reserved: torch.Tensor,
     num_picks: list[int],
     eps: float,
-    group_offsets: torch.Tensor,
+    group_offsets: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 2 filter. ``(order [sum P] int64 pool positions, gains [sum P] float32)``."""
     return reference(vision, pool, pool_offsets, reserved, num_picks, eps, group_offsets)
 
 
 @global_greedy.register_fake
-def _(vision, pool, pool_offsets, reserved, num_picks, eps, group_offsets):
+def _(vision, pool, pool_offsets, reserved, num_picks, eps, group_offsets=None):
     total = sum(num_picks)
     return (
         vision.new_empty((total,), dtype=torch.int64),

@@ -42,7 +42,7 @@ std::tuple<at::Tensor, at::Tensor> global_greedy_cpu(const at::Tensor& vision,
                                                      const at::Tensor& pool_offsets,
                                                      const at::Tensor& reserved,
                                                      at::IntArrayRef num_picks, double eps,
-                                                     const at::Tensor& group_offsets,
+                                                     const c10::optional<at::Tensor>& group_offsets,
                                                      int64_t proj_dim) {
   check_tokens(vision, "vision");
   const int64_t N = vision.size(0), D = vision.size(1);
@@ -54,7 +54,9 @@ std::tuple<at::Tensor, at::Tensor> global_greedy_cpu(const at::Tensor& vision,
   const std::vector<int64_t> po = read_offsets(pool_offsets, "pool_offsets", K, "K (pool size)");
   const int64_t R = static_cast<int64_t>(po.size()) - 1;
   const std::vector<int64_t> go =
-      read_offsets(group_offsets, "group_offsets", K, "K (pool size)");
+      group_offsets.has_value()
+          ? read_offsets(*group_offsets, "group_offsets", K, "K (pool size)")
+          : po;
   for (int64_t r = 0; r <= R; ++r)
     TORCH_CHECK_VALUE(std::binary_search(go.begin(), go.end(), po[r]), "pool_offsets[", r,
                       "] = ", po[r], " is not a group offset: groups must not straddle requests");

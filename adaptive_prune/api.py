@@ -256,7 +256,8 @@ def prune(
             to protect a document page or a text-heavy screenshot.
         return_diagnostics: also return the per-image scores and budgets.
         **options: the method's knobs (``adaptive``: sigma, lam, tau_a, beta, gamma, tau,
-            intra, align, inter_image, selection, eps). Unknown names raise ``TypeError``.
+            intra, align, inter_image, selection, diversity_floor, aligned, group_dist,
+            group_size, refine, eps). Unknown names raise ``TypeError``.
 
     Returns:
         :class:`PruneResult` with ``indices [B]`` sorted ascending, ``per_image [n]``,

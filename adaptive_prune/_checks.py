@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -179,18 +179,51 @@ def check_keep(keep_ratio: Any, budget: Any, n_tokens: int, where: str = "") -> 
     return int(budget)
 
 
-def check_min_per_image(q: Any) -> int:
-    if isinstance(q, bool) or not isinstance(q, Integral) or int(q) < 0:
-        raise ValueError(f"min_per_image must be an int >= 0, got {q!r}")
-    return int(q)
+def check_min_per_image(q: Any, n: int | None = None) -> int | tuple[int, ...]:
+    """``min_per_image``: an int >= 0 for every image, or a sequence (list, tuple, 1-D integer
+    tensor) of one int >= 0 per image (``n`` of them: over all images of the call)."""
+    if isinstance(q, Integral) and not isinstance(q, bool):
+        if int(q) < 0:
+            raise ValueError(f"min_per_image must be an int >= 0, got {q!r}")
+        return int(q)
+    if isinstance(q, torch.Tensor):
+        if q.ndim != 1 or q.dtype.is_floating_point or q.dtype == torch.bool:
+            raise TypeError(
+                "min_per_image as a tensor must be 1-D with an integer dtype, got "
+                f"shape {tuple(q.shape)} and dtype {q.dtype}"
+            )
+        q = q.tolist()
+    if isinstance(q, (str, bytes)) or not isinstance(q, Sequence):
+        raise TypeError(
+            "min_per_image must be an int >= 0 or a sequence of one int >= 0 per image, got "
+            f"{type(q).__name__}"
+        )
+    vals = list(q)
+    if n is not None and len(vals) != n:
+        raise ValueError(
+            f"min_per_image has {len(vals)} entries but there are {n} images (cu_seqlens has "
+            f"{n + 1} entries): give one minimum per image"
+        )
+    for k, v in enumerate(vals):
+        if isinstance(v, bool) or not isinstance(v, Integral) or int(v) < 0:
+            raise ValueError(f"min_per_image[{k}] must be an int >= 0, got {v!r}")
+    return tuple(int(v) for v in vals)
 
 
-def check_minimums(budget: int, counts: list[int], q: int, where: str = "") -> None:
-    need = sum(min(q, m) for m in counts)
+def image_minimums(q: int | Sequence[int], counts: Sequence[int]) -> list[int]:
+    """``min(q_k, m_k)`` for every image (``q`` an int for all images or one per image)."""
+    if isinstance(q, Integral):
+        return [min(int(q), m) for m in counts]
+    return [min(int(a), m) for a, m in zip(q, counts)]
+
+
+def check_minimums(budget: int, counts: list[int], q, where: str = "") -> None:
+    need = sum(image_minimums(q, counts))
     if budget < need:
+        what = f"min_per_image={q}" if isinstance(q, Integral) else "the min_per_image entries"
         raise ValueError(
             f"budget {budget}{where} is below the sum of per-image minimums {need} "
-            f"(min_per_image={q} over {sum(1 for m in counts if m)} nonempty images); raise the "
+            f"({what} over {sum(1 for m in counts if m)} nonempty images); raise the "
             "budget/keep_ratio or lower min_per_image"
         )
 

@@ -137,7 +137,7 @@ def prune_batch(
     keep_ratio: Union[float, Sequence[float], None] = None,
     budget: Union[int, Sequence[int], torch.Tensor, None] = None,
     method: str = "adaptive",
-    min_per_image: int = 1,
+    min_per_image: Union[int, Sequence[int], torch.Tensor] = 1,
     return_diagnostics: bool = False,
     **options: Any,
 ) -> BatchPruneResult:
@@ -149,6 +149,9 @@ def prune_batch(
     - ``cu_seqlens [n+1]``: image ``k`` owns rows ``cu_seqlens[k]:cu_seqlens[k+1]``;
     - ``request_offsets [R+1]``: request ``r`` owns images ``request_offsets[r]:[r+1]``;
     - ``text``: ``[M, D]`` with ``text_offsets [R+1]``, or a list of ``R`` tensors/None.
+
+    ``min_per_image``: an int for every image, or one int per image over the whole batch
+    (``n`` entries, in ``cu_seqlens`` order).
 
     ``keep_ratio`` (float, or one per request) or ``budget`` (int for every request, or one
     per request): exactly one. Each request keeps exactly its ``B_r`` tokens. The adaptive
@@ -172,7 +175,7 @@ def prune_batch(
     if not isinstance(return_diagnostics, bool):
         raise TypeError(f"return_diagnostics must be True or False, got {return_diagnostics!r}")
     opts = C.check_options(method, options, spec.options)
-    q = C.check_min_per_image(min_per_image)
+    q = C.check_min_per_image(min_per_image, n)
     txt, to = _pack_text(text, text_offsets, R, D, dev, finite, vision.dtype)
     ratios = _per_request(keep_ratio, R, "keep_ratio")
     buds = _per_request(budget, R, "budget")
@@ -182,7 +185,7 @@ def prune_batch(
         where = f" for request {r}" if R > 1 else ""
         n_r = cu[ro[r + 1]] - cu[ro[r]]
         B = C.check_keep(ratios[r], buds[r], n_r, where)
-        C.check_minimums(B, counts[ro[r] : ro[r + 1]], q, where)
+        C.check_minimums(B, counts[ro[r] : ro[r + 1]], _slice(q, ro[r], ro[r + 1]), where)
         budgets.append(B)
 
     diags = None
@@ -197,7 +200,8 @@ def prune_batch(
         for r in range(R):
             a, e = cu[ro[r]], cu[ro[r + 1]]
             t_r = txt[to[r] : to[r + 1]] if txt is not None and to[r + 1] > to[r] else None
-            local = spec.select(vision[a:e], counts[ro[r] : ro[r + 1]], t_r, budgets[r], q, opts)
+            q_r = _slice(q, ro[r], ro[r + 1])
+            local = spec.select(vision[a:e], counts[ro[r] : ro[r + 1]], t_r, budgets[r], q_r, opts)
             parts.append(local.to(device=dev, dtype=torch.int64) + a)
         kept = (
             torch.sort(torch.cat(parts)).values
@@ -216,13 +220,18 @@ def prune_batch(
     return BatchPruneResult(kept, offsets, b_t, per_image, mask, diags)
 
 
+def _slice(q, k0: int, k1: int):
+    """The per-image minimums of images ``k0:k1`` (an int stands for every image)."""
+    return q if isinstance(q, int) else q[k0:k1]
+
+
 def _check_result(method, kept, mask, per_image, budgets, counts, q) -> None:
     """Every method must return exactly B unique rows per request, honouring the minimums.
 
     A violation is a bug in the method, never the user's fault: fail loudly, not silently.
     """
     total = sum(budgets)
-    need = to_device([min(q, m) for m in counts], per_image.device)
+    need = to_device(C.image_minimums(q, counts), per_image.device)
     unique, starved = torch.stack([mask.sum(), (per_image < need).sum()]).tolist()  # one sync
     if kept.numel() != total or unique != total:
         raise RuntimeError(
@@ -232,7 +241,7 @@ def _check_result(method, kept, mask, per_image, budgets, counts, q) -> None:
     if starved:
         raise RuntimeError(
             f"internal error: method={method!r} left {starved} image(s) below "
-            f"min_per_image={q}; please report this"
+            "min_per_image; please report this"
         )
 
 
@@ -244,7 +253,7 @@ def prune(
     keep_ratio: Optional[float] = None,
     budget: Optional[int] = None,
     method: str = "adaptive",
-    min_per_image: int = 1,
+    min_per_image: Union[int, Sequence[int], torch.Tensor] = 1,
     return_diagnostics: bool = False,
     **options: Any,
 ) -> PruneResult:
@@ -258,10 +267,13 @@ def prune(
         keep_ratio: ``B = floor(keep_ratio * N + 0.5)``, in (0, 1]; or
         budget: ``B`` directly, in [0, N]. Exactly one of the two.
         method: ``"adaptive"`` (the method) or a baseline (see ``adaptive_prune.METHODS``).
-        min_per_image: every image keeps at least ``min(min_per_image, m_k)`` tokens.
+        min_per_image: every image keeps at least ``min(q_k, m_k)`` tokens: one int ``q`` for
+            every image, or a sequence (or 1-D integer tensor) of one ``q_k`` per image, e.g.
+            to protect a document page or a text-heavy screenshot.
         return_diagnostics: also return the per-image scores and budgets.
         **options: the method's knobs (``adaptive``: sigma, lam, tau_a, beta, gamma, tau,
-            intra, align, inter_image, selection, eps). Unknown names raise ``TypeError``.
+            intra, align, inter_image, selection, diversity_floor, aligned, group_dist,
+            group_size, refine, eps). Unknown names raise ``TypeError``.
 
     Returns:
         :class:`PruneResult` with ``indices [B]`` sorted ascending, ``per_image [n]``,

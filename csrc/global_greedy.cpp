@@ -1,7 +1,13 @@
 // Stage 2 filter: max-min greedy over every request's pool (reference.global_greedy), parallel
-// over requests.
+// over requests, inside groups of similar images.
 //
-// Request r owns pool positions pool_offsets[r]:pool_offsets[r+1] (rows pool[...] of vision).
+// Request r owns pool positions pool_offsets[r]:pool_offsets[r+1] (rows pool[...] of vision);
+// group g owns group_offsets[g]:group_offsets[g+1] (every request offset is a group offset;
+// None: one group per request). Tokens of different groups never cover each other (distance
+// +inf), so the chain of a request is the merge by gain of one max-min chain per group (one
+// MaxMin per group; at every step the group whose next pick has the largest running minimum,
+// ties to the lower group, i.e. the lower pool position): the work per pick is one group's
+// rows.
 // Its output starts with its reserved positions in pool order (gain +inf), followed by greedy
 // picks (argmax over unpicked of the min cosine distance to the picked set, ties to the lower
 // pool position) until num_picks[r] entries; each pick's gain is that distance when picked.
@@ -9,6 +15,9 @@
 // The reference computes the row of every pick against the whole pool (P x B1 x D, or a full
 // B1 x B1 similarity); this kernel runs the exact projection-filtered greedy of maxmin.h,
 // which computes only the distances that can lower a running minimum.
+#include <algorithm>
+#include <memory>
+
 #include "binding.h"
 #include "maxmin.h"
 
@@ -32,7 +41,8 @@ float* pool_workspace(int64_t K, int64_t D, FloatBuf& own) {
 
 py::tuple global_greedy_py(const F32& vision, const I64& pool, const I64& pool_offsets,
                            const Bool& reserved, const std::vector<int64_t>& num_picks,
-                           double eps, int64_t num_threads, int64_t proj_dim) {
+                           double eps, const py::object& group_offsets, int64_t num_threads,
+                           int64_t proj_dim) {
   const auto [N, D] = shape2(vision, "vision");
   const int64_t K = len1(pool, "pool");
   const int64_t* rows = pool.data();
@@ -43,6 +53,14 @@ py::tuple global_greedy_py(const F32& vision, const I64& pool, const I64& pool_o
       read_offsets(pool_offsets.data(), len1(pool_offsets, "pool_offsets"), "pool_offsets", K,
                    "K (pool size)");
   const int64_t R = static_cast<int64_t>(po.size()) - 1;
+  std::vector<int64_t> go = po;
+  if (!group_offsets.is_none()) {
+    const I64 ga = group_offsets.cast<I64>();
+    go = read_offsets(ga.data(), len1(ga, "group_offsets"), "group_offsets", K, "K (pool size)");
+    for (int64_t r = 0; r <= R; ++r)
+      check(std::binary_search(go.begin(), go.end(), po[r]), "pool_offsets[", r, "] = ", po[r],
+            " is not a group offset: groups must not straddle requests");
+  }
   check(reserved.ndim() == 1 && reserved.shape(0) == K, "reserved must be [K] = [", K,
         "], got ", reserved.ndim(), " dimensions of ", reserved.ndim() ? reserved.shape(0) : 0);
   check(static_cast<int64_t>(num_picks.size()) == R,
@@ -102,12 +120,33 @@ py::tuple global_greedy_py(const F32& vision, const I64& pool, const I64& pool_o
         ++t;
       }
       if (!runs[r]) return;
-      MaxMin mm(xp + a * D, m, D, choose_proj_dim(proj_dim, m, P, D));
-      int64_t j = res.empty() ? mm.argmax() : mm.pick_many(res);
+      // this request's groups: [gs[u], gs[u+1]) local positions
+      std::vector<int64_t> gs;
+      for (int64_t v : go)
+        if (v >= a && v <= a + m && (gs.empty() || v != gs.back())) gs.push_back(v - a);
+      const int64_t G = static_cast<int64_t>(gs.size()) - 1;
+      std::vector<std::unique_ptr<MaxMin>> mm(static_cast<size_t>(G));
+      std::vector<int64_t> head(static_cast<size_t>(G), -1);
+      for (int64_t u = 0; u < G; ++u) {
+        const int64_t b0 = gs[u], size = gs[u + 1] - gs[u];
+        std::vector<int64_t> mine;
+        for (int64_t i : res)
+          if (i >= b0 && i < b0 + size) mine.push_back(i - b0);
+        mm[u] = std::make_unique<MaxMin>(xp + (a + b0) * D, size, D,
+                                         choose_proj_dim(proj_dim, size, std::min(size, P), D));
+        head[u] = mine.empty() ? mm[u]->argmax() : mm[u]->pick_many(mine);
+      }
       for (; t < P; ++t) {
-        out_o[t] = a + j;
-        out_g[t] = mm.acc(j);
-        if (t + 1 < P) j = mm.pick(j);
+        int64_t best = -1;
+        float bv = 0.f;
+        for (int64_t u = 0; u < G; ++u) {
+          if (head[u] < 0) continue;
+          const float v = mm[u]->acc(head[u]);
+          if (best < 0 || v > bv) best = u, bv = v;
+        }
+        out_o[t] = a + gs[best] + head[best];
+        out_g[t] = bv;
+        if (t + 1 < P) head[best] = mm[best]->pick(head[best]);
       }
     });
   }
@@ -119,7 +158,8 @@ py::tuple global_greedy_py(const F32& vision, const I64& pool, const I64& pool_o
 AP_REGISTER_OP("global_greedy", "proj_dim", [](py::module_& m) {
   m.def("global_greedy", &global_greedy_py, py::arg("vision"), py::arg("pool"),
         py::arg("pool_offsets"), py::arg("reserved"), py::arg("num_picks"), py::arg("eps"),
-        py::kw_only(), py::arg("num_threads"), py::arg("proj_dim") = -1,
+        py::arg("group_offsets") = py::none(), py::kw_only(), py::arg("num_threads"),
+        py::arg("proj_dim") = -1,
         "Stage 2 filter: (order [sum P] int64 pool positions, gains [sum P] float32). "
         "proj_dim: -1 auto, 0 dense, > 0 projection dims (speed only, never the result)");
 });

@@ -224,6 +224,7 @@ def global_greedy_fwd(
     reserved: torch.Tensor,
     num_picks: Sequence[int],
     eps: float,
+    group_offsets: Optional[torch.Tensor] = None,
     *,
     block: Optional[int] = None,
     window: Optional[int] = None,
@@ -237,9 +238,14 @@ def global_greedy_fwd(
     engine (default ``DEFAULT_WINDOW``, 64; 0 = one pick per step). Same outputs either way.
     ``stats``: an ``[R, 2]`` int64 device tensor that receives every request's rounds and passes
     over its distances (windowed engine only; benchmarks).
+    ``group_offsets`` (host or device, every pool offset among them): tokens of different
+    groups never cover each other; their similarity entries are set to ``-inf`` (distance
+    ``+inf``) in the pool blocks, so the kernels run unchanged. The blocks stay ``K_r x K_r``
+    (the work is not yet bounded by the groups).
     """
     dev = vision.device
     po = host_ints(pool_offsets)
+    go = host_ints(group_offsets) if group_offsets is not None else list(po)
     picks = [int(p) for p in num_picks]
     R = len(po) - 1
     if len(picks) != R:
@@ -267,6 +273,7 @@ def global_greedy_fwd(
                 reserved[p0:p1],
                 picks[a:b],
                 eps,
+                torch.tensor([g - p0 for g in go if p0 <= g <= p1], dtype=torch.int64),
                 block=block,
                 window=window,
                 block_budget_mb=block_budget_mb,
@@ -276,9 +283,18 @@ def global_greedy_fwd(
             gains[ooff[a] : ooff[b]] = g_g
         return order, gains
     pool = pool.to(device=dev, dtype=torch.int64).contiguous()
-    S, base_d, _ = similarity_blocks(
+    S, base_d, bases = similarity_blocks(
         vision, po, eps, rows=pool, what="stage-2 pool similarity blocks"
     )
+    for r in range(R):  # groups: no similarity across them
+        gl = sorted({g - po[r] for g in go if po[r] <= g <= po[r + 1]})
+        if len(gl) > 2:
+            ids = torch.repeat_interleave(
+                torch.arange(len(gl) - 1, device=dev),
+                torch.tensor([gl[i + 1] - gl[i] for i in range(len(gl) - 1)], device=dev),
+            )
+            blk = S[bases[r] : bases[r] + sizes[r] ** 2].view(sizes[r], sizes[r])
+            blk.masked_fill_(ids[:, None] != ids[None, :], float("-inf"))
     off_d, picks_d, ooff_d = pack([po, picks, ooff], dev)
     res = reserved.to(device=dev, dtype=torch.bool).contiguous().view(torch.uint8)
     max_k = max(sizes)

@@ -31,11 +31,20 @@ def test_demo_writes_png_and_table(tmp_path, args):
     p = run("demo", *args, "--out", str(out), cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for word in ("chelsea", "D_intra", "budget", "kept", "time:"):
+    for word in ("chelsea", "D_intra", "kept %", "mult", "time:"):
         assert word in p.stdout
     from PIL import Image
 
     assert Image.open(out).size[0] > 500
+
+
+def test_demo_per_image_minimums_and_no_pool_column(tmp_path):
+    p = run("demo", "--min-per-image", "1,1,1,1,1,1,1,1,1,1,1,200,1", "--keep", "0.1",
+            "--query", "--out", str(tmp_path / "d.png"), cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    page = next(line for line in p.stdout.splitlines() if line.startswith("page"))
+    assert int(page.split()[3]) >= 200  # the protected document page keeps its minimum
+    assert "pool" not in p.stdout and "budget" not in p.stdout and "query rel." in p.stdout
 
 
 def test_demo_default_output_path(tmp_path):

@@ -43,6 +43,9 @@ def sample_args():
             (x, pool, po, text, to, "max", 1e-6),
         ],
         "pareto_select": [(gains, align, torch.tensor([0, 3, 7]), [2, 2])],
+        "refine_medoids": [
+            (x, pool, po, torch.tensor([0, 0, 1, 2, 2, 2, 3, 3, 3]), reserved, reserved, 2, 1e-6)
+        ],
     }
 
 

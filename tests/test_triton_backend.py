@@ -26,11 +26,17 @@ def tokens(counts, dim=40, seed=0, dtype=torch.float32, device="cpu"):
     return x.to(dtype).to(device), torch.tensor(cu, dtype=torch.int64)
 
 
+# ops without a Triton kernel yet: the routing serves them with the reference (torch ops on
+# the device); issue 14 left refine_medoids for the GPU engine work
+NO_TRITON_KERNEL_YET = {"refine_medoids"}
+
+
 def test_every_op_runs_triton(device):
     x = torch.ones(3, 4, device=device)
     with adaptive_prune.backend("triton"):
         for name in ops.ALL_OPS:
-            assert backends.serving(name, device.type, (x,))[0] == "triton", name
+            want = "reference" if name in NO_TRITON_KERNEL_YET else "triton"
+            assert backends.serving(name, device.type, (x,))[0] == want, name
 
 
 CASES = {

@@ -199,6 +199,8 @@ def serving(op_name: str, device: str, args: tuple = ()) -> tuple[str, dict[str,
         if why is not None:
             _fallback_warning(device, fast, why)
             return "reference", {}
+        if op_name not in _module(fast).table():
+            return "reference", {}  # the backend has no implementation of this op (yet)
         return fast, {k: v for k, v in knobs.items() if k in KNOBS[fast]}
     if name == "triton" and device == "cpu" and _interpreting():
         fast = "triton"
@@ -214,6 +216,8 @@ def serving(op_name: str, device: str, args: tuple = ()) -> tuple[str, dict[str,
     why = unavailable(name)
     if why is not None:
         raise RuntimeError(f"backend {name!r} is not available: {why}")
+    if op_name not in _module(name).table():
+        return "reference", {}  # the backend has no implementation of this op (yet)
     return name, knobs
 
 

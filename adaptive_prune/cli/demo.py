@@ -2,8 +2,8 @@
 
 Runs :func:`adaptive_prune.prune` on the fixture (real DINOv2-S/14-derived patch tokens of 13
 public-domain/CC0 photos, textures and documents at two resolutions), prints a per-image table
-(tokens, D_intra, multiplicity, budget, kept) and the time taken, and writes a PNG that shows
-every image with its kept patches highlighted.
+(tokens, kept, kept %, D_intra, multiplicity, and the query relevance when a query is given)
+and the time taken, and writes a PNG that shows every image with its kept patches highlighted.
 """
 
 from __future__ import annotations
@@ -40,7 +40,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="text-aware run: use the bundled exemplar query (a different view of "
         "the cat photo 'chelsea') as the text tokens",
     )
-    p.add_argument("--min-per-image", type=int, default=1, help="per-image minimum (default 1)")
+    p.add_argument(
+        "--min-per-image",
+        type=_minimums,
+        default=1,
+        metavar="Q[,Q...]",
+        help="per-image minimum: one int for every image, or one per image separated by commas "
+        "(e.g. to protect a document page; default 1)",
+    )
     p.add_argument(
         "--out",
         default="adaptive_prune_demo.png",
@@ -48,6 +55,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="where to write the picture (default ./adaptive_prune_demo.png)",
     )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def _minimums(text: str):
+    try:
+        vals = [int(v) for v in text.split(",")]
+    except ValueError:
+        msg = f"expected an int or comma-separated ints, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    return vals[0] if len(vals) == 1 and "," not in text else vals
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,57 +84,60 @@ def run(args: argparse.Namespace) -> int:
 
     diag = res.diagnostics
     if diag is None:  # baselines: show the same stage-0 scores for comparison
-        d_intra, mult, *_ = reference.budget_scores(
-            vision, cu, torch.tensor([0, len(names)]), None, None, 0.05, 10.0, 1e-6
+        d_intra, mult, att, _ = reference.budget_scores(
+            vision,
+            cu,
+            torch.tensor([0, len(names)]),
+            text,
+            torch.tensor([0, text.shape[0]]) if text is not None else None,
+            0.05,
+            10.0,
+            1e-6,
         )
-        budgets = None
     else:
-        d_intra, mult, budgets = diag.d_intra, diag.mult, diag.budgets
+        d_intra, mult, att = diag.d_intra, diag.mult, diag.att
     counts = (cu[1:] - cu[:-1]).tolist()
     kept = res.per_image.tolist()
 
     query = "chelsea (other view)" if args.query else "none"
     title = f"method={args.method}  keep_ratio={args.keep}  query={query}"
     print(title)
+    rel = f"{'query rel.':>11}" if args.query else ""
     print(
-        f"{'image':<22}{'kind':<10}{'tokens':>7}{'D_intra':>9}{'mult':>7}"
-        f"{'budget':>8}{'kept':>6}{'kept %':>8}"
+        f"{'image':<22}{'kind':<10}{'tokens':>7}{'kept':>6}{'kept %':>8}{'D_intra':>9}{'mult':>7}"
+        + rel
     )
     for k, name in enumerate(names):
-        bud = f"{int(budgets[k]):>8}" if budgets is not None else f"{'-':>8}"
+        share = f"{float(att[k]):>11.3f}" if args.query else ""
         print(
-            f"{name:<22}{kinds[k]:<10}{counts[k]:>7}{float(d_intra[k]):>9.3f}"
-            f"{float(mult[k]):>7.2f}{bud}{kept[k]:>6}{100.0 * kept[k] / counts[k]:>7.1f}%"
+            f"{name:<22}{kinds[k]:<10}{counts[k]:>7}{kept[k]:>6}"
+            f"{100.0 * kept[k] / max(counts[k], 1):>7.1f}%{float(d_intra[k]):>9.3f}"
+            f"{float(mult[k]):>7.2f}{share}"
         )
     total = sum(counts)
     print(
-        f"{'total':<22}{'':<10}{total:>7}{'':>9}{'':>7}"
-        f"{(diag.pool_size if diag else ''):>8}{res.indices.numel():>6}"
+        f"{'total':<22}{'':<10}{total:>7}{res.indices.numel():>6}"
         f"{100.0 * res.indices.numel() / total:>7.1f}%"
     )
     if diag is not None:
         print(
-            f"D_inter={diag.d_inter:.3f}  rho={diag.rho:.3f}  pool B1={diag.pool_size}  "
-            f"candidates |C|={diag.candidates}  kept B={diag.budget}"
+            f"D_inter={diag.d_inter:.3f}  rho={diag.rho:.3f}  groups of similar images="
+            f"{diag.groups}  chain length={diag.chain_length}"
         )
+    if args.query:
+        print("query rel. = the image's share of the query's attention (att_k)")
     print(
         f"time: {ms:.1f} ms for prune() on {total} tokens x {vision.shape[1]} dims, "
         f"{len(names)} images, device={dev}, threads={torch.get_num_threads()}"
     )
 
     out = Path(args.out)
-    draw(
-        fx,
-        res.mask.cpu().numpy(),
-        out,
-        title,
-        budgets=None if budgets is None else [int(b) for b in budgets],
-    )
+    draw(fx, res.mask.cpu().numpy(), out, title)
     print(f"wrote {out}")
     return 0
 
 
-def draw(fx: dict, mask: np.ndarray, out: Path, title: str, budgets=None) -> None:
+def draw(fx: dict, mask: np.ndarray, out: Path, title: str) -> None:
     """One panel per image: kept patches at full brightness with a coloured outline, dropped
     patches dimmed, and a caption with the image name and kept/total counts."""
     from PIL import Image, ImageDraw
@@ -147,8 +166,6 @@ def draw(fx: dict, mask: np.ndarray, out: Path, title: str, budgets=None) -> Non
         x, y = pad + (k % cols) * (side + pad), 28 + pad + (k // cols) * (side + pad + cap)
         canvas.paste(panel, (x, y))
         label = f"{fx['names'][k]}: {int(keep.sum())}/{gh * gw}"
-        if budgets is not None:
-            label += f" (b_k={budgets[k]})"
         d.text((x, y + side + 4), label, fill=(0, 0, 0))
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)

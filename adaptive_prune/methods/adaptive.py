@@ -6,21 +6,20 @@ two-level offsets), so a backend that implements an op as one kernel launch serv
 one launch. The stages are plain functions that take the batch's :class:`Plan` (host facts,
 built once) and return their results:
 
-- :func:`stage0_scores`: redundancy scores and the per-image weights (one pass over the tokens);
-- :func:`read_pool_sizes`: the one host read of the method (``rho`` per request, with the
-  inputs' pending finiteness flags) and the pool sizes ``B1`` it decides;
-- :func:`stage1_pool`: per-image budgets and the per-image greedy; the pool in (image, pick)
-  order;
-- :func:`stage2_select`: the global diversity filter and the final (Pareto) selection.
+- :func:`stage0_scores`: redundancy scores, the per-image weights and the image similarity
+  (one pass over the tokens);
+- :func:`read_host`: the one host read of the method (``rho``, the weights and the image
+  similarities per request, with the inputs' pending finiteness flags) and what it decides on
+  the host: the pool sizes ``B1``, the per-image pool budgets, the groups of similar images
+  and every group's share of ``B`` (a :class:`Layout`);
+- :func:`stage1_pool`: the per-image greedy and the pool in (group, image, pick) order;
+- :func:`stage2_select`: the global diversity chain inside every group, the final (Pareto)
+  selection with text, and the coverage refinement.
 
-Host synchronisations (CUDA): exactly one, in :func:`read_pool_sizes`, because ``B1`` decides
+Host synchronisations (CUDA): exactly one, in :func:`read_host`: the group budgets decide
 ``global_greedy``'s ``num_picks`` (a host list, the size of its output). Everything else stays
-on the device or is known on the host: offsets are passed to the ops as CPU tensors (the
-launchers read them for free), small host lists go to the device through pinned non-blocking
-copies, the pool is built by a scatter instead of ``nonzero``, the reserved counts are known
-from the minimums, and the final keep mask becomes rows by a stable sort of known size.
-Optional paths add their own: ``tau`` (hard filter), ``selection="weighted"``. docs/kernels.md
-lists them.
+on the device or is known on the host. Optional paths add their own: ``tau`` (hard filter),
+``selection="weighted"``. docs/kernels.md lists them.
 """
 
 from __future__ import annotations
@@ -45,7 +44,8 @@ OPTIONS = {
     "lam": (12.0, C.LAM),  # candidate-pool growth: B1 = B + ceil(B * lam * (1 - rho))
     "tau_a": (10.0, C.TAU_A),  # query-relevance softmax temperature
     "beta": (1.0, C.BETA),  # weight of query relevance in the per-image budget
-    "gamma": (6.0, C.GAMMA),  # candidate count P = ceil(gamma * B)
+    # with text (or tau): the global chain runs to at most ceil(gamma * B) picks per request
+    "gamma": (1.5, C.GAMMA),
     "tau": (None, C.cosine_threshold_or_none),  # optional hard duplicate filter
     "intra": ("maxmin", C.one_of("maxmin", "maxsum")),  # stage-1 greedy objective
     "align": ("mean", C.one_of("mean", "max")),  # text alignment reduction
@@ -54,6 +54,12 @@ OPTIONS = {
     # with text: share of the non-reserved slots filled straight from the global greedy order
     # (largest gains) before the Pareto selection fills the rest (0 = Pareto only)
     "diversity_floor": (0.5, C.unit_interval),
+    # with text: best-aligned pool tokens off the chain offered to the Pareto cut, per slot
+    "aligned": (1.0, C.non_negative),
+    # images whose descriptors are within this cosine distance share a global chain
+    "group_dist": (0.15, C.non_negative),
+    "group_size": (4, C.int_at_least(1)),  # at most this many images per group
+    "refine": (1, C.int_at_least(0)),  # coverage refinement steps (k-medoids, k-centre kept)
     "eps": (1e-6, C.EPS),  # norm floor
 }
 
@@ -71,6 +77,8 @@ class Diagnostics:
     budget: int  # B, the final number of kept tokens
     pool_size: int  # B1, stage-1 picks
     candidates: int  # |C|, candidates of the final selection
+    groups: int = 0  # groups of similar images (one global chain each)
+    chain_length: int = 0  # dependent picks of the global chains (reserved tokens excluded)
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ class Plan:
 
     ``cu`` image offsets over tokens ``[n+1]``, ``ro`` request offsets over images ``[R+1]``,
     ``to`` text offsets ``[R+1]`` (None without text), ``budgets`` the kept count ``B_r`` per
-    request, ``mins`` the per-image minimum ``min(q, m_k)``.
+    request, ``mins`` the per-image minimum ``min(q_k, m_k)``.
     """
 
     cu: tuple[int, ...]
@@ -130,26 +138,51 @@ class Scores:
     d_inter: torch.Tensor  # [R]
     weights: torch.Tensor  # [n] allocation weights w_k
     rho: torch.Tensor  # [R] D_inter / (mean D_intra + D_inter + eps)
+    sim: torch.Tensor  # [sum_r n_r^2] image similarities C_kl, request blocks, row-major
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Host decisions of :func:`read_host`.
+
+    ``pool_sizes`` ``B1`` per request; ``b`` the per-image pool budgets (sum ``B1``);
+    ``groups`` the images of every group (live requests only, request order, then by lowest
+    image); ``group_request`` the request of every group; ``chain`` every request's number of
+    global-chain entries (reserved included; 0 for trivial requests).
+    """
+
+    pool_sizes: list[int]
+    rho: list[float]
+    d_inter: list[float]
+    b: list[int]
+    groups: list[list[int]]
+    group_request: list[int]
+    chain: list[int]
+
+    def group_pool(self) -> list[int]:
+        return [sum(self.b[k] for k in g) for g in self.groups]
 
 
 @dataclass(frozen=True)
 class Pool:
-    """Stage 1: per-image budgets ``b`` (summing to ``B1`` per request), every token's pick
-    step ``rank`` inside its image (-1 if unpicked) and the pool ``rows`` in (image, pick)
-    order; ``first`` is the pool position of every image's first pick."""
+    """Stage 1: every token's pick step ``rank`` inside its image (-1 if unpicked) and the
+    pool ``rows`` in (group, image, pick) order; ``first`` is the pool position of every
+    image's first pool entry; ``reserved`` marks the pool positions that are always kept."""
 
-    b: torch.Tensor  # [n] int64
     rank: torch.Tensor  # [N] int64
     rows: torch.Tensor  # [K] int64, K = sum of the pool sizes
     first: torch.Tensor  # [n] int64
     image: torch.Tensor  # [N] int64, the image of every token
+    reserved: torch.Tensor  # [K] bool
 
 
 def stage0_scores(vision: torch.Tensor, text, plan: Plan, o: dict) -> Scores:
-    """Redundancy scores (``budget_scores``) and the per-image allocation weights."""
+    """Redundancy scores (``budget_scores``), the per-image allocation weights and the image
+    similarities ``C_kl = mu_k . mu_l`` inside every request."""
     dev = vision.device
     R = plan.R
     has_text = text is not None and plan.has_text
+    eps = float(o["eps"])
     d_intra, mult, att, d_inter = _op.budget_scores(
         vision,
         torch.tensor(plan.cu, dtype=torch.int64),
@@ -158,7 +191,7 @@ def stage0_scores(vision: torch.Tensor, text, plan: Plan, o: dict) -> Scores:
         torch.tensor(plan.to, dtype=torch.int64) if has_text else None,
         float(o["sigma"]),
         float(o["tau_a"]),
-        float(o["eps"]),
+        eps,
     )
     m = to_device(plan.counts, dev, d_intra.dtype)
     live = m > 0
@@ -174,24 +207,73 @@ def stage0_scores(vision: torch.Tensor, text, plan: Plan, o: dict) -> Scores:
     weights = torch.where(live, weights, torch.zeros_like(weights))
     intra_sum = torch.segment_reduce(d_intra * live, "sum", lengths=per_req, unsafe=True)
     mean_intra = intra_sum / n_live.clamp_min(1)
-    rho = d_inter / (mean_intra + d_inter + float(o["eps"]))
-    return Scores(d_intra, mult, att, d_inter, weights, rho)
+    rho = d_inter / (mean_intra + d_inter + eps)
+    sim = _image_similarity(vision, plan, eps, d_intra.dtype)
+    return Scores(d_intra, mult, att, d_inter, weights, rho, sim)
 
 
-def read_pool_sizes(
-    scores: Scores, plan: Plan, o: dict, finite: Optional[C.FiniteChecks]
-) -> tuple[list[int], list[float], list[float]]:
-    """The method's one host read: ``rho`` and ``D_inter`` per request, with the inputs'
-    pending finiteness flags (raised here, before anything loops on the values). Returns the
-    pool sizes ``B1 = min(N_r, B + ceil(B * lam * (1 - rho)))`` (``B`` for trivial requests and
-    without the inter-image stage), ``rho`` and ``D_inter``."""
-    R = plan.R
-    rho_t = scores.rho
-    pending = finite.flags(rho_t.dtype, rho_t.device) if finite is not None else rho_t[:0]
-    host = torch.cat([rho_t, scores.d_inter, pending]).tolist()
+def _image_similarity(vision, plan: Plan, eps: float, dtype) -> torch.Tensor:
+    """``C_kl = mu_k . mu_l`` for every pair of images of a request with more than one image
+    (flattened request blocks), ``mu_k`` the normalised sum of image ``k``'s unit rows."""
+    dev = vision.device
+    idx = []
+    for r in range(plan.R):
+        k0, k1 = plan.ro[r], plan.ro[r + 1]
+        if k1 - k0 > 1 and not plan.trivial(r):
+            idx += [k * plan.n + ll for k in range(k0, k1) for ll in range(k0, k1)]
+    if not idx:
+        return torch.zeros(0, dtype=dtype, device=dev)
+    lengths = torch.tensor(plan.counts, dtype=torch.int64, device=dev)
+    s = torch.segment_reduce(normalize(vision, eps).to(dtype), "sum", lengths=lengths, unsafe=True)
+    mu = s / s.norm(dim=1, keepdim=True).clamp_min(eps)
+    return (mu @ mu.T).flatten()[to_device(idx, dev)]
+
+
+def make_groups(sim: dict, images: list[int], dist: float, size: int) -> list[list[int]]:
+    """Groups of similar images of one request (ours): in ascending image order, every image
+    not yet grouped opens a group and takes, among the later ungrouped images ``l`` with
+    ``1 - C_kl <= dist``, the most similar ones (ties to the lower index) until the group has
+    ``size`` images. ``sim[(k, l)] = C_kl``. Returns each group's images, ascending."""
+    done: set[int] = set()
+    groups = []
+    for k in images:
+        if k in done:
+            continue
+        near = [ll for ll in images if ll > k and ll not in done and 1.0 - sim[k, ll] <= dist]
+        near.sort(key=lambda ll: (-sim[k, ll], ll))
+        g = sorted([k] + near[: size - 1])
+        done.update(g)
+        groups.append(g)
+    return groups
+
+
+def read_host(
+    scores: Scores, plan: Plan, o: dict, finite: Optional[C.FiniteChecks], has_text: list[bool]
+) -> Layout:
+    """The method's one host read (``rho``, ``D_inter``, the weights, the image similarities
+    and the inputs' pending finiteness flags, raised here before anything loops on the
+    values) and the host decisions it allows:
+
+    - pool sizes ``B1 = min(N_r, B + ceil(B * lam * (1 - rho)))`` (``B`` for trivial requests
+      and without the inter-image stage);
+    - per-image pool budgets ``b_k`` (``allocate_budgets`` over the images, total ``B1``);
+    - groups of similar images (:func:`make_groups`);
+    - the global chain's entries per request: ``B`` without text, ``min(B1, max(B, ceil(gamma
+      * B)))`` with text (or ``tau``).
+    """
+    R, n = plan.R, plan.n
+    pending = finite.flags(scores.rho.dtype, scores.rho.device) if finite is not None else None
+    parts = [scores.rho, scores.d_inter, scores.weights.to(scores.rho.dtype), scores.sim]
+    if pending is not None:
+        parts.append(pending)
+    host = torch.cat([p.to(scores.rho.dtype) for p in parts]).tolist()
+    nsim = scores.sim.numel()
     if finite is not None:
-        finite.verify(host[2 * R :])
+        finite.verify(host[2 * R + n + nsim :])
     rho, d_inter = host[:R], host[R : 2 * R]
+    w = host[2 * R : 2 * R + n]
+    flat = host[2 * R + n : 2 * R + n + nsim]
+    counts = plan.counts
     sizes = []
     for r in range(R):
         B = plan.budgets[r]
@@ -200,117 +282,247 @@ def read_pool_sizes(
         else:
             grow = math.ceil(B * float(o["lam"]) * (1.0 - rho[r]) - 1e-9)
             sizes.append(min(plan.tokens(r), B + max(grow, 0)))
-    return sizes, rho, d_inter
-
-
-def stage1_pool(
-    vision: torch.Tensor, plan: Plan, weights: torch.Tensor, pool_sizes: list[int], o: dict
-) -> Pool:
-    """Per-image budgets by water-filling (``allocate_budgets``), the per-image greedy
-    (``greedy_select``), and the pool of every non-trivial request in (image, pick) order."""
-    dev = vision.device
-    R, N = plan.R, vision.shape[0]
-    counts = plan.counts
-    totals = [0 if plan.trivial(r) else pool_sizes[r] for r in range(R)]
-    mins = [0 if plan.trivial(r) else plan.mins[k] for k, r in enumerate(plan.image_request())]
+    img_req = plan.image_request()
+    totals = [0 if plan.trivial(r) else sizes[r] for r in range(R)]
+    mins = [0 if plan.trivial(img_req[k]) else plan.mins[k] for k in range(n)]
+    w32 = torch.tensor(w, dtype=torch.float32)
     b = _op.allocate_budgets(
-        weights,
+        w32,
         torch.tensor(counts, dtype=torch.int64),
         torch.tensor(mins, dtype=torch.int64),
         torch.tensor(plan.ro, dtype=torch.int64),
         torch.tensor(totals, dtype=torch.int64),
-    )
+    ).tolist()
+    groups, g_req, sim_at = [], [], 0
+    for r in range(R):
+        k0, k1 = plan.ro[r], plan.ro[r + 1]
+        live = [k for k in range(k0, k1) if counts[k] > 0]
+        if plan.trivial(r):
+            continue
+        if not o["inter_image"]:
+            gs = [[k] for k in live]  # no global stage: every image alone keeps its b_k
+        elif k1 - k0 > 1:
+            nr = k1 - k0
+            sim = {
+                (k, ll): flat[sim_at + (k - k0) * nr + (ll - k0)]
+                for k in range(k0, k1)
+                for ll in range(k0, k1)
+            }
+            sim_at += nr * nr
+            gs = make_groups(sim, live, float(o["group_dist"]), int(o["group_size"]))
+        else:
+            gs = [live]
+        groups += gs
+        g_req += [r] * len(gs)
+    chain = [0] * R
+    for r in range(R):
+        if plan.trivial(r) or not o["inter_image"]:
+            continue
+        B = plan.budgets[r]
+        P = B
+        if has_text[r] or o["tau"] is not None:
+            P = min(sizes[r], max(B, math.ceil(float(o["gamma"]) * B - 1e-9)))
+        chain[r] = P
+    return Layout(sizes, rho, d_inter, b, groups, g_req, chain)
+
+
+def stage1_pool(vision: torch.Tensor, plan: Plan, lay: Layout, o: dict) -> Pool:
+    """The per-image greedy (``greedy_select``) and the pool of every non-trivial request in
+    (group, image, pick) order. An image whose pool budget is all its tokens (``b_k = m_k``)
+    computes only its first ``max(min(q_k, m_k), 1)`` picks; the rest of it follows them in
+    token order."""
+    dev = vision.device
+    N, n = vision.shape[0], plan.n
+    counts = plan.counts
+    b = lay.b
+    sel = [
+        max(min(plan.mins[k], counts[k]), 1) if b[k] == counts[k] > 0 else b[k] for k in range(n)
+    ]
     rank = _op.greedy_select(
-        vision, torch.tensor(plan.cu, dtype=torch.int64), b, str(o["intra"]), float(o["eps"])
+        vision,
+        torch.tensor(plan.cu, dtype=torch.int64),
+        to_device(sel, dev),
+        str(o["intra"]),
+        float(o["eps"]),
     )
-    # image k's picks occupy pool positions first[k] + rank (a scatter of known size K;
-    # unpicked tokens land in distinct dummy slots after K). allocate_budgets's contract
-    # (sum b == totals, checked by the op) makes the scatter write every slot; the buffer is
-    # filled anyway, so no path can ever read uninitialised memory.
-    K = sum(totals)
+    # image order of the pool: the groups in turn (images of trivial requests hold nothing);
+    # image k's picks occupy pool positions first[k] + rank, unpicked tokens land in distinct
+    # dummy slots after K, and the buffer is filled, so no path reads uninitialised memory
+    perm = [k for g in lay.groups for k in g]
+    grouped = set(perm)
+    perm += [k for k in range(n) if k not in grouped]
+    first_h = [0] * n
+    at = 0
+    for k in perm:
+        first_h[k] = at
+        at += b[k] if k in grouped else 0
+    K = at
     image = segment_ids(counts, dev, N)
-    first = torch.cumsum(b, 0) - b
+    first = to_device(first_h, dev)
     tok = torch.arange(N, device=dev)
-    slot = torch.where(rank >= 0, first[image] + rank, K + tok)
+    ranked = rank >= 0
+    full = to_device([b[k] == counts[k] > 0 and k in grouped for k in range(n)], dev, torch.bool)
+    rest = (~ranked) & full[image]
+    # index of every such token among its image's rest, in token order
+    seen = torch.cumsum(rest.long(), 0)
+    before = torch.cat([seen.new_zeros(1), seen])[to_device(list(plan.cu[:-1]), dev)]
+    idx = seen - 1 - before[image]
+    sel_t = to_device(sel, dev)
+    slot = torch.where(ranked, first[image] + rank, K + tok)
+    slot = torch.where(rest, first[image] + sel_t[image] + idx, slot)
     rows = torch.full((K + N,), -1, dtype=torch.int64, device=dev).scatter_(0, slot, tok)[:K]
-    return Pool(b, rank, rows, first, image)
+    mins = to_device(list(plan.mins), dev)
+    r_rank = rank[rows]
+    reserved = (r_rank >= 0) & (r_rank < mins[image[rows]])
+    return Pool(rank, rows, first, image, reserved)
 
 
 def stage2_select(
-    vision: torch.Tensor, text, plan: Plan, pool: Pool, pool_sizes: list[int], o: dict
+    vision: torch.Tensor, text, plan: Plan, lay: Layout, pool: Pool, o: dict
 ) -> tuple[list[torch.Tensor], list[int]]:
-    """Global diversity filter (``global_greedy`` over each pool, from the reserved tokens) and
-    the final selection of the non-trivial requests. Returns the kept rows (in parts) and the
-    number of candidates ``|C|`` of every request (0 for trivial ones)."""
+    """Global diversity chain (``global_greedy`` over each request's pool from its reserved
+    tokens, tokens of different groups never covering each other), the final selection of the
+    non-trivial requests and the coverage refinement (``refine_medoids``). Returns the kept
+    rows (in parts) and the number of candidates of the final selection of every request (0
+    for trivial ones)."""
     dev = vision.device
     R = plan.R
     eps = float(o["eps"])
-    live = [r for r in range(R) if not plan.trivial(r)]
-    pool_off = starts([0 if plan.trivial(r) else pool_sizes[r] for r in range(R)])
-    rows_img = pool.image[pool.rows]
-    reserved = pool.rank[pool.rows] < to_device(list(plan.mins), dev)[rows_img]
-    # every image keeps its first min(q, m_k) picks (b_k >= that): the counts are known here
-    n_res = [0] * R
-    for r in live:
-        n_res[r] = sum(plan.mins[plan.ro[r] : plan.ro[r + 1]])
-        if n_res[r] == 0:
-            # q = 0: start from the first pick of the largest b_k (torch.argmax: first maximum)
-            k = (plan.ro[r] + torch.argmax(pool.b[plan.ro[r] : plan.ro[r + 1]])).reshape(1)
-            reserved.index_fill_(0, pool.first.index_select(0, k), True)
-            n_res[r] = 1
-    picks = [0] * R
-    for r in live:
-        B = plan.budgets[r]
-        P = min(pool_sizes[r], max(B, math.ceil(float(o["gamma"]) * B - 1e-9)))
-        picks[r] = max(P, n_res[r])
+    g_off = starts([sum(lay.b[k] for k in g) for g in lay.groups])
+    p_off = starts([0 if plan.trivial(r) else lay.pool_sizes[r] for r in range(R)])
     order, gains = _op.global_greedy(
-        vision, pool.rows, torch.tensor(pool_off, dtype=torch.int64), reserved, picks, eps
+        vision,
+        pool.rows,
+        torch.tensor(p_off, dtype=torch.int64),
+        pool.reserved,
+        lay.chain,
+        eps,
+        torch.tensor(g_off, dtype=torch.int64),
     )
-    ord_off = starts(picks)
-    out: list[torch.Tensor] = []
+    ch_off = starts(lay.chain)
+    K = pool.rows.numel()
+    keep = torch.zeros(K, dtype=torch.bool, device=dev)
+    movable = torch.zeros(K, dtype=torch.bool, device=dev)
     n_cand = [0] * R
-    pareto: list[tuple[int, torch.Tensor, torch.Tensor, int]] = []  # (r, rows, gains, k)
-    for r in live:
-        seg = order[ord_off[r] : ord_off[r + 1]]
-        g = gains[ord_off[r] : ord_off[r + 1]]
-        nr, B = n_res[r], plan.budgets[r]
-        if o["tau"] is not None:
-            keep = _hard_filter(vision, pool.rows[seg], rows_img[seg], nr, B, float(o["tau"]), eps)
-            seg, g = seg[keep], g[keep]
+    text_req = []
+    for r in range(R):
+        if plan.trivial(r):
+            continue
+        B = plan.budgets[r]
+        seg = order[ch_off[r] : ch_off[r + 1]]
+        nr = _reserved_count(plan, r)
         n_cand[r] = int(seg.numel())
-        rows = pool.rows[seg]
-        out.append(rows[:nr])
-        if text is not None and plan.text_rows(r) and B > nr:
-            # diversity floor: the first ceil(kappa * (B - nr)) greedy picks are kept outright
-            nf = min(B - nr, math.ceil(float(o["diversity_floor"]) * (B - nr) - 1e-9))
-            out.append(rows[nr : nr + nf])
-            if B > nr + nf:
-                pareto.append((r, rows[nr + nf :], g[nr + nf :], B - nr - nf))
+        if text is not None and plan.text_rows(r):
+            text_req.append((r, nr))  # (tau applies to requests without text only)
+        elif o["tau"] is None:  # the chain is the selection
+            keep[seg] = True
+            movable[seg] = True
         else:
-            out.append(rows[nr:B])
-    if pareto:
-        out.append(_final_selection(vision, text, plan, pareto, o))
-    return out, n_cand
+            rows_img = pool.image[pool.rows[seg]]
+            kf = _hard_filter(vision, pool.rows[seg], rows_img, nr, B, float(o["tau"]), eps)
+            n_cand[r] = int(kf.sum())
+            seg = seg[kf][:B]
+            keep[seg] = True
+            movable[seg] = True
+    if text_req:
+        _final_selection(vision, text, plan, lay, pool, order, gains, ch_off, g_off, text_req,
+                         keep, movable, n_cand, o)  # fmt: skip
+    if int(o["refine"]) > 0:
+        keep = _op.refine_medoids(
+            vision,
+            pool.rows,
+            torch.tensor(g_off, dtype=torch.int64),
+            pool.image[pool.rows],
+            keep,
+            movable,
+            int(o["refine"]),
+            eps,
+        )
+    n_keep = sum(plan.budgets[r] for r in range(R) if not plan.trivial(r))
+    return [pool.rows[true_positions(keep, n_keep)]], n_cand
 
 
-def _final_selection(vision, text, plan: Plan, parts, o: dict) -> torch.Tensor:
-    """Text alignment of the remaining candidates and the Pareto (or weighted) cut to exactly
-    the slots left of every request."""
-    rows = torch.cat([p[1] for p in parts])
-    g = torch.cat([p[2] for p in parts])
-    ks = [p[3] for p in parts]
-    off = starts([p[1].numel() for p in parts])
-    off_t = torch.tensor(off, dtype=torch.int64)
-    # token_alignment wants contiguous text segments: gather the requests' text rows
+def _reserved_count(plan: Plan, r: int) -> int:
+    return sum(plan.mins[plan.ro[r] : plan.ro[r + 1]])
+
+
+def _final_selection(
+    vision, text, plan, lay, pool, order, gains, ch_off, g_off, text_req, keep, movable, n_cand, o
+) -> None:
+    """With text: the diversity floor (the first ``ceil(kappa * (B - reserved))`` chain picks),
+    then the Pareto (or weighted) cut to exactly the slots left, over the rest of the chain and
+    as many best-aligned pool tokens off the chain as there are slots. Writes ``keep`` and
+    ``movable`` (reserved and floor tokens may move in the refinement, Pareto picks stay)."""
+    dev = vision.device
+    eps = float(o["eps"])
+    kappa = float(o["diversity_floor"])
+    p_off = starts([0 if plan.trivial(r) else lay.pool_sizes[r] for r in range(plan.R)])
+    parts = []  # (r, slots, floor end)
+    for r, nr in text_req:
+        B = plan.budgets[r]
+        seg = order[ch_off[r] : ch_off[r + 1]]
+        nf = min(B - nr, math.ceil(kappa * (B - nr) - 1e-9))
+        keep[seg[: nr + nf]] = True
+        movable[seg[: nr + nf]] = True
+        if B > nr + nf:
+            parts.append((r, B - nr - nf, nr + nf))
+    if not parts:
+        return
+    # alignment of every pool token of these requests (one token_alignment call)
     to = plan.to
+    p_pos = [torch.arange(p_off[r], p_off[r + 1], device=dev) for r, *_ in parts]
+    off_t = torch.tensor(starts([p.numel() for p in p_pos]), dtype=torch.int64)
     txt = torch.cat([text[to[r] : to[r + 1]] for r, *_ in parts])
     txt_off = torch.tensor(starts([to[r + 1] - to[r] for r, *_ in parts]), dtype=torch.int64)
-    a = _op.token_alignment(vision, rows, off_t, txt, txt_off, str(o["align"]), float(o["eps"]))
+    a_all = _op.token_alignment(
+        vision, pool.rows[torch.cat(p_pos)], off_t, txt, txt_off, str(o["align"]), eps
+    )
+    cand_pos, cand_g, cand_a, ks, sizes = [], [], [], [], []
+    for j, (r, slots, f_end) in enumerate(parts):
+        a0 = p_off[r]
+        ar = a_all[int(off_t[j]) : int(off_t[j + 1])]
+        seg = order[ch_off[r] : ch_off[r + 1]]
+        on_chain = torch.zeros(ar.numel(), dtype=torch.bool, device=dev)
+        on_chain[seg - a0] = True
+        off_pos = p_pos[j][~on_chain]
+        n_al = min(math.ceil(float(o["aligned"]) * slots - 1e-9), off_pos.numel())
+        top = torch.argsort(-ar[~on_chain].double(), stable=True)[:n_al]
+        al_pos = off_pos[top]
+        gi = [i for i, x in enumerate(lay.group_request) if x == r]
+        al_gain = _gain_to_chain(vision, pool, al_pos, seg, g_off, gi, eps)
+        c_pos = torch.cat([seg[f_end:], al_pos])
+        c_gain = torch.cat([gains[ch_off[r] + f_end : ch_off[r + 1]].float(), al_gain])
+        # candidates by gain, largest first (ties: chain before aligned, then list order)
+        srt = torch.argsort(-c_gain.double(), stable=True)
+        c_pos, c_gain = c_pos[srt], c_gain[srt]
+        cand_pos.append(c_pos)
+        cand_g.append(c_gain)
+        cand_a.append(ar[c_pos - a0])
+        ks.append(slots)
+        sizes.append(int(c_pos.numel()))
+        n_cand[r] = f_end + sizes[-1]
+    c_pos, c_g, c_a = torch.cat(cand_pos), torch.cat(cand_g), torch.cat(cand_a)
+    off = starts(sizes)
     if o["selection"] == "pareto":
-        keep = _op.pareto_select(g, a, off_t, ks)
+        sel = _op.pareto_select(c_g, c_a, torch.tensor(off, dtype=torch.int64), ks)
     else:
-        keep = _weighted_select(g, a, off, ks)
-    return rows[true_positions(keep, sum(ks))]
+        sel = _weighted_select(c_g, c_a, off, ks)
+    keep[c_pos[true_positions(sel, sum(ks))]] = True
+
+
+def _gain_to_chain(vision, pool, cand, chain, g_off, gi, eps) -> torch.Tensor:
+    """Cosine distance of every candidate pool position to the nearest chain entry of its own
+    group (its running minimum where the chain stopped)."""
+    out = torch.zeros(cand.numel(), dtype=torch.float32, device=vision.device)
+    for i in gi:
+        inside = (cand >= g_off[i]) & (cand < g_off[i + 1])
+        mine = chain[(chain >= g_off[i]) & (chain < g_off[i + 1])]
+        if not bool(inside.any()) or mine.numel() == 0:
+            continue
+        xc = normalize(vision[pool.rows[cand[inside]]], eps)
+        xs = normalize(vision[pool.rows[mine]], eps)
+        out[inside] = (1.0 - (xc @ xs.T).max(dim=1).values).float()
+    return out
 
 
 def run_adaptive(
@@ -320,7 +532,7 @@ def run_adaptive(
     text: Optional[torch.Tensor],
     to: Optional[list[int]],
     budgets: list[int],
-    q: int,
+    q,
     o: dict,
     want_diag: bool,
     finite: Optional[C.FiniteChecks] = None,
@@ -329,21 +541,24 @@ def run_adaptive(
     ``want_diag``, the diagnostics of every request.
 
     ``cu``/``ro``/``to`` are the host copies of the image, request and text offsets; ``budgets``
-    the per-request ``B``; ``q`` the per-image minimum. ``finite``: the caller's pending
-    finiteness checks of the inputs, read with the method's one host read.
+    the per-request ``B``; ``q`` the per-image minimum (an int, or one int per image).
+    ``finite``: the caller's pending finiteness checks of the inputs, read with the method's
+    one host read.
     """
     counts = [cu[k + 1] - cu[k] for k in range(len(cu) - 1)]
+    qs = [q] * len(counts) if isinstance(q, int) else list(q)
     plan = Plan(
         tuple(cu),
         tuple(ro),
         tuple(to) if to is not None else None,
         tuple(budgets),
-        tuple(min(q, c) for c in counts),
+        tuple(min(a, c) for a, c in zip(qs, counts)),
     )
     dev = vision.device
+    has_text = [text is not None and plan.text_rows(r) > 0 for r in range(plan.R)]
     scores = stage0_scores(vision, text, plan, o)
-    pool_sizes, rho, d_inter = read_pool_sizes(scores, plan, o, finite)
-    pool = stage1_pool(vision, plan, scores.weights, pool_sizes, o)
+    lay = read_host(scores, plan, o, finite, has_text)
+    pool = stage1_pool(vision, plan, lay, o)
 
     kept_parts: list[torch.Tensor] = []
     for r in range(plan.R):  # trivial requests: everything or nothing
@@ -352,9 +567,9 @@ def run_adaptive(
     n_cand = [budgets[r] if plan.trivial(r) else 0 for r in range(plan.R)]
     if not o["inter_image"]:
         kept_parts.append(pool.rows)
-        n_cand = list(pool_sizes)
+        n_cand = list(lay.pool_sizes)
     elif pool.rows.numel():
-        parts, cand = stage2_select(vision, text, plan, pool, pool_sizes, o)
+        parts, cand = stage2_select(vision, text, plan, lay, pool, o)
         kept_parts += parts
         n_cand = [n_cand[r] if plan.trivial(r) else cand[r] for r in range(plan.R)]
     kept = torch.cat(kept_parts) if kept_parts else torch.zeros(0, dtype=torch.int64, device=dev)
@@ -364,21 +579,25 @@ def run_adaptive(
     diags = []
     for r in range(plan.R):
         k0, k1 = ro[r], ro[r + 1]
+        gi = [i for i, x in enumerate(lay.group_request) if x == r]
         if plan.trivial(r):
             bud = to_device(counts[k0:k1], dev) * (budgets[r] > 0)
         else:
-            bud = pool.b[k0:k1]
+            bud = to_device(lay.b[k0:k1], dev)
+        chain = max(lay.chain[r] - _reserved_count(plan, r), 0) if lay.chain[r] else 0
         diags.append(
             Diagnostics(
                 d_intra=scores.d_intra[k0:k1],
                 mult=scores.mult[k0:k1],
                 att=scores.att[k0:k1],
                 budgets=bud,
-                d_inter=float(d_inter[r]),
-                rho=float(rho[r]),
+                d_inter=float(lay.d_inter[r]),
+                rho=float(lay.rho[r]),
                 budget=budgets[r],
-                pool_size=pool_sizes[r],
+                pool_size=lay.pool_sizes[r],
                 candidates=n_cand[r],
+                groups=len(gi),
+                chain_length=chain,
             )
         )
     return kept, diags

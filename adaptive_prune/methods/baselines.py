@@ -48,11 +48,12 @@ kernel's rank is exhausted: it fills the rest of the budget by max-min distance.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
 from .. import _checks as C
+from .._checks import image_minimums
 from .._tensors import starts as _starts
 from ..ops._common import compute_dtype, greedy_order, normalize, water_fill
 from . import Method, register_method
@@ -72,16 +73,19 @@ _DPP_GAIN_FLOOR = 1e-9
 # --------------------------------------------------------------------------------------------
 # Budgets and shared greedy kernels
 # --------------------------------------------------------------------------------------------
-def proportional_budgets(counts: list[int], budget: int, min_per_image: int) -> list[int]:
+def proportional_budgets(
+    counts: list[int], budget: int, min_per_image: Union[int, Sequence[int]]
+) -> list[int]:
     """Per-image budgets proportional to the image sizes, with minimums, summing to ``budget``.
 
     ``b_k = m_k * r`` with one ratio ``r`` for all images, except that images with
     ``m_k * r < min(q, m_k)`` get exactly that minimum and ``r`` is recomputed over the others
     (repeat until stable; ``r`` only falls, so ``r <= budget / N <= 1`` and ``b_k <= m_k``).
     Fractional parts are rounded by largest remainder, ties to the lower image index.
-    Requires ``sum_k min(q, m_k) <= budget <= sum_k m_k`` (checked by the public API).
+    ``min_per_image``: ``q`` for every image, or one ``q_k`` per image.
+    Requires ``sum_k min(q_k, m_k) <= budget <= sum_k m_k`` (checked by the public API).
     """
-    mins = [min(min_per_image, m) for m in counts]
+    mins = image_minimums(min_per_image, counts)
     if budget < sum(mins) or budget > sum(counts):
         raise ValueError(
             f"budget {budget} must lie between the sum of minimums {sum(mins)} and the number "
@@ -176,7 +180,8 @@ def _repair_minimums(
     have = [0] * len(counts)
     for i in order:
         have[img_of[i]] += 1
-    need = [max(min(q, m) - h, 0) for m, h in zip(counts, have)]
+    mins = image_minimums(q, counts)
+    need = [max(lo - h, 0) for lo, h in zip(mins, have)]
     if not any(need):
         return order
     kept = set(order)
@@ -193,7 +198,7 @@ def _repair_minimums(
         if drop == 0:
             break
         k = img_of[out[pos]]
-        if have[k] > min(q, counts[k]):
+        if have[k] > mins[k]:
             have[k] -= 1
             out.pop(pos)
             drop -= 1
@@ -222,8 +227,7 @@ def select_random(vision, counts, text, budget, q, options) -> torch.Tensor:
     st = _starts(counts)
     N = vision.shape[0]
     taken = torch.zeros(N, dtype=torch.bool)
-    for k, m in enumerate(counts):
-        mk = min(q, m)
+    for k, (m, mk) in enumerate(zip(counts, image_minimums(q, counts))):
         if mk:
             taken[st[k] + torch.randperm(m, generator=g)[:mk]] = True
     rest = torch.nonzero(~taken).flatten()

@@ -1,9 +1,11 @@
 """Op ``adaptive_prune::global_greedy`` (stage 2 filter): a max-min greedy over each request's
-pool that records every pick's gain. Definition, fake and reference."""
+pool, inside groups of similar images, that records every pick's gain. Definition, fake and
+reference."""
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -21,9 +23,10 @@ def check(
     reserved: torch.Tensor,
     num_picks: list[int],
     eps: float,
+    group_offsets: Optional[torch.Tensor] = None,
 ) -> bool:
     """The op's contract: pool rows in ``[0, N)``, ``reserved`` count of request ``r`` <=
-    ``num_picks[r]`` <= its pool size."""
+    ``num_picks[r]`` <= its pool size, groups (when given) nested in the requests."""
     X.tensor(_OP, "vision", vision, 2, X.FLOATS, "a float type")
     X.tensor(_OP, "pool", pool, 1, (torch.int64,), "int64")
     X.tensor(_OP, "reserved", reserved, 1, (torch.bool,), "bool")
@@ -32,6 +35,12 @@ def check(
     po = X.offsets(_OP, "pool_offsets", pool_offsets, pool.shape[0], "K (entries of pool)")
     picks = X.int_list(_OP, "num_picks", num_picks, len(po) - 1)
     X.option(_OP, "eps", eps, C.EPS)
+    if group_offsets is not None:
+        go = X.offsets(_OP, "group_offsets", group_offsets, pool.shape[0], "K (entries of pool)")
+        if not set(po) <= set(go):
+            X.fail(
+                _OP, "group_offsets must hold every pool offset (groups never straddle requests)"
+            )
     for r, p in enumerate(picks):
         if not 0 <= p <= po[r + 1] - po[r]:
             X.fail(_OP, f"num_picks[{r}] = {p} must lie in [0, {po[r + 1] - po[r]}] (pool size)")
@@ -48,8 +57,17 @@ def check(
     return False
 
 
-def _distance_row(xh: torch.Tensor):
-    return lambda j: 1.0 - xh @ xh[j]
+def _distance_row(xh: torch.Tensor, group_of: list[int], go: list[int]):
+    """Distances of pick ``j`` to the pool: ``1 - x̂ . x̂_j`` inside ``j``'s group, ``+inf``
+    elsewhere (only the group's rows are computed)."""
+
+    def row(j: int) -> torch.Tensor:
+        g = group_of[j]
+        out = torch.full((xh.shape[0],), math.inf, dtype=xh.dtype, device=xh.device)
+        out[go[g] : go[g + 1]] = 1.0 - xh[go[g] : go[g + 1]] @ xh[j]
+        return out
+
+    return row
 
 
 def reference(
@@ -59,17 +77,27 @@ def reference(
     reserved: torch.Tensor,
     num_picks: list[int],
     eps: float,
+    group_offsets: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max-min greedy over each request's pool, starting from its reserved tokens.
+    """Max-min greedy over each request's pool, starting from its reserved tokens, where tokens
+    of different groups never cover each other.
 
     ``pool [K]`` are rows of ``vision``; request ``r`` owns pool positions
-    ``pool_offsets[r]:pool_offsets[r+1]``. Returns ``order [sum P]`` (global pool positions) and
-    ``gains [sum P]``: for request ``r`` the first entries are its reserved positions in pool
-    order (gain ``+inf``), followed by greedy picks (argmax over unpicked of the min cosine
+    ``pool_offsets[r]:pool_offsets[r+1]``; group ``g`` owns ``group_offsets[g]:[g+1]`` (every
+    request offset is a group offset: groups never straddle requests; None: one group per
+    request). The distance between
+    two pool tokens is ``1 - x̂_i . x̂_j`` inside a group and ``+inf`` across groups, so a
+    group with no reserved token starts with its first position (gain ``+inf``), and the
+    chain is the merge by gain of one max-min chain per group.
+
+    Returns ``order [sum P]`` (global pool positions) and ``gains [sum P]``: for request
+    ``r`` the first entries are its reserved positions in pool order (gain ``+inf``), followed
+    by greedy picks (argmax over unpicked of the min cosine
     distance to the picked set, ties to the lower pool position) until ``P_r = num_picks[r]``
     entries; each pick's gain is that min distance at the moment it was picked.
     """
     po = bounds(pool_offsets)
+    go = bounds(group_offsets) if group_offsets is not None else po
     cd = compute_dtype(vision.dtype)
     orders, gains = [], []
     for r in range(len(po) - 1):
@@ -80,11 +108,13 @@ def reference(
         g = [math.inf] * nres
         if P > nres:
             xh = normalize(vision[pool[a:e]], eps)
-            if nres:
-                acc = (1.0 - xh @ xh[res].T).min(dim=1).values
-            else:  # no start set: the first pick is position 0 (callers always reserve one)
-                acc = torch.full((e - a,), math.inf, dtype=cd, device=vision.device)
-            o += greedy_order(acc, reserved[a:e].clone(), P - nres, _distance_row(xh), gains=g)
+            gl = [v - a for v in go if a <= v <= e]  # this request's group offsets, local
+            group_of = [t for t in range(len(gl) - 1) for _ in range(gl[t], gl[t + 1])]
+            row = _distance_row(xh, group_of, gl)
+            acc = torch.full((e - a,), math.inf, dtype=cd, device=vision.device)
+            for j in res.tolist():  # min is exact: the order of the reserved rows is free
+                acc = torch.minimum(acc, row(j))
+            o += greedy_order(acc, reserved[a:e].clone(), P - nres, row, gains=g)
         orders.append(torch.tensor(o[:P], dtype=torch.int64) + a)
         gains.append(torch.tensor(g[:P], dtype=torch.float32))
     dev = vision.device
@@ -101,14 +131,15 @@ def global_greedy(
     reserved: torch.Tensor,
     num_picks: list[int],
     eps: float,
+    group_offsets: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 2 filter. ``(order [sum P] int64 pool positions, gains [sum P] float32)``."""
-    check(vision, pool, pool_offsets, reserved, num_picks, eps)
-    return reference(vision, pool, pool_offsets, reserved, num_picks, eps)
+    check(vision, pool, pool_offsets, reserved, num_picks, eps, group_offsets)
+    return reference(vision, pool, pool_offsets, reserved, num_picks, eps, group_offsets)
 
 
 @global_greedy.register_fake
-def _(vision, pool, pool_offsets, reserved, num_picks, eps):
+def _(vision, pool, pool_offsets, reserved, num_picks, eps, group_offsets=None):
     total = sum(num_picks)
     return (
         vision.new_empty((total,), dtype=torch.int64),

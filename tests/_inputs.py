@@ -210,7 +210,7 @@ def pareto_cases() -> list[ParetoCase]:
     Tie-heavy: a coarse grid with equal values and identical points. Segments of 0-90 points
     (more than 64 exercises the kernels' chunked loops)."""
     out = []
-    for seed in range(8):
+    for seed in range(12):
         rng = random.Random(seed)
         g = torch.Generator().manual_seed(seed)
         sizes = [rng.randint(0, 90) for _ in range(rng.randint(1, 3))]
@@ -248,7 +248,7 @@ class AllocCase:
     ties: bool
 
 
-def allocation_cases(count: int = 24) -> list[AllocCase]:
+def allocation_cases(count: int = 60) -> list[AllocCase]:
     """Random requests of 0-7 images; every third case has equal weights (the largest-remainder
     ties go to the lower image index), the others random weights with some zeros."""
     out = []

@@ -12,13 +12,12 @@
 - host synchronisations: exactly one in the adaptive composition, counted with
   ``torch.cuda.set_sync_debug_mode("warn")``.
 
-The kernel-by-kernel suite (tests/test_triton_kernels.py) also runs on the GPU when CUDA is
-there: its ``device`` fixture is then CUDA.
+The per-op tests (tests/test_op_*.py, parameter ``cuda``) and the Triton backend's own tests
+(tests/test_backend_triton.py, whose ``device`` fixture is then CUDA) also run on the GPU.
 """
 
 from __future__ import annotations
 
-import types
 import warnings
 
 import pytest
@@ -44,40 +43,33 @@ def tokens(counts, dim=64, seed=0, dtype=torch.float32, device="cuda"):
     return x.to(dtype).to(device), torch.tensor(cu, dtype=torch.int64)
 
 
-def reference_ops():
-    from adaptive_prune import ops
-    from adaptive_prune.ops import reference as ref
-
-    return types.SimpleNamespace(**{n: getattr(ref, n) for n in ops.ALL_OPS})
-
-
 def test_triton_is_the_cuda_backend():
-    from adaptive_prune import _backend, ops
+    from adaptive_prune import backends, ops
 
+    assert backends.unavailable("triton") is None, backends.unavailable("triton")
+    x = torch.ones(3, 4, device="cuda")
     for name in ops.ALL_OPS:
-        assert _backend.active(name, "cuda") == "triton", (name, _backend.UNAVAILABLE)
+        assert backends.serving(name, "cuda", (x,))[0] == "triton", name
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_text", [False, True], ids=["no-text", "text"])
-def test_prune_on_cuda_matches_reference(monkeypatch, dtype, with_text):
+def test_prune_on_cuda_matches_reference(dtype, with_text):
     import adaptive_prune
-    from adaptive_prune.methods import adaptive
 
     x, cu = tokens([1, 60, 0, 83, 37, 5], dtype=dtype)
     text = tokens([9], seed=3, dtype=dtype)[0] if with_text else None
     got = adaptive_prune.prune(x, cu, text, keep_ratio=0.25, return_diagnostics=True)
-    monkeypatch.setattr(adaptive, "ops", reference_ops())
-    want = adaptive_prune.prune(x, cu, text, keep_ratio=0.25, return_diagnostics=True)
+    with adaptive_prune.backend("reference"):
+        want = adaptive_prune.prune(x, cu, text, keep_ratio=0.25, return_diagnostics=True)
     assert got.indices.is_cuda
     assert torch.equal(got.indices, want.indices)
     assert torch.equal(got.diagnostics.budgets, want.diagnostics.budgets)
     assert got.diagnostics.pool_size == want.diagnostics.pool_size
 
 
-def test_prune_batch_on_cuda_matches_reference(monkeypatch):
+def test_prune_batch_on_cuda_matches_reference():
     import adaptive_prune
-    from adaptive_prune.methods import adaptive
 
     x, cu = tokens([40, 1, 55, 0, 30, 70, 20], dtype=torch.bfloat16)
     ro = torch.tensor([0, 2, 2, 5, 7])
@@ -85,8 +77,8 @@ def test_prune_batch_on_cuda_matches_reference(monkeypatch):
     texts = [t[:5], None, t[5:], None]
     kw = dict(keep_ratio=[0.3, 0.5, 0.2, 1.0], min_per_image=0)
     got = adaptive_prune.prune_batch(x, cu, ro, texts, **kw)
-    monkeypatch.setattr(adaptive, "ops", reference_ops())
-    want = adaptive_prune.prune_batch(x, cu, ro, texts, **kw)
+    with adaptive_prune.backend("reference"):
+        want = adaptive_prune.prune_batch(x, cu, ro, texts, **kw)
     assert torch.equal(got.indices, want.indices)
 
 
@@ -161,7 +153,6 @@ def test_windowed_greedy_equals_step_loop_at_full_size(window):
     """The windowed engine (kernels/_maxmin.py) against the one-pick-per-step loops at the
     default pool of the speed target (every token of 16 x 576 x 3584 bf16 in the pool, the
     whole greedy order): the same picks and gains, bit for bit, and the same prune()."""
-    from adaptive_prune.kernels import _common
     from adaptive_prune.kernels.global_greedy import global_greedy_fwd
     from adaptive_prune.kernels.greedy_select import greedy_select_fwd
 
@@ -181,14 +172,10 @@ def test_windowed_greedy_equals_step_loop_at_full_size(window):
     assert torch.equal(o1, o0) and torch.equal(g1, g0)
 
     text = tokens([64], dim=3584, seed=6, dtype=torch.bfloat16)[0]
-    saved = _common.GREEDY_WINDOW
-    try:
-        _common.GREEDY_WINDOW = 0
+    with adaptive_prune.backend("triton", greedy_window=0):
         step = adaptive_prune.prune(x, cu, text, keep_ratio=0.25)
-        _common.GREEDY_WINDOW = window
+    with adaptive_prune.backend("triton", greedy_window=window):
         win = adaptive_prune.prune(x, cu, text, keep_ratio=0.25)
-    finally:
-        _common.GREEDY_WINDOW = saved
     assert torch.equal(win.indices, step.indices)
 
 

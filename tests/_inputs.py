@@ -26,17 +26,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+from _data import offsets
 
 EPS = 1e-6
 # a decision is tie-free when the best candidate beats the runner-up by more than this (fp64)
 MARGIN = 1e-4
-
-
-def offsets(counts: list[int]) -> torch.Tensor:
-    out = [0]
-    for c in counts:
-        out.append(out[-1] + c)
-    return torch.tensor(out, dtype=torch.int64)
 
 
 @dataclass(frozen=True)
@@ -187,8 +181,8 @@ TIE_HEAVY: list[TokenCase] = _tie_heavy()
 # a tiny batch for torch.library.opcheck (which calls the op several times per sample)
 OPCHECK = _case("opcheck", [7, 0, 5, 1], [2, 2], [2, 3], [3, 0, 2, 1], dim=16, seed=5)
 CASES = {c.id: c for c in TIE_FREE + TIE_HEAVY + [OPCHECK]}
-# cases small enough for the Triton interpreter in every dtype (the 577-token one runs in fp32)
-SMALL = [c.id for c in TIE_FREE if max(c.counts) < 100]
+# the tie-free cases that also run in fp16 and bf16 (the others in fp32: the interpreter is slow)
+ALL_DTYPES = ("odd-sizes-text", "requests")
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 import torch
 from _backends import ATOL, BACKENDS, DTYPES, call, opcheck
 from _data import real_tokens
-from _inputs import CASES, EPS, TIE_FREE, TIE_HEAVY, offsets
+from _inputs import ALL_DTYPES, CASES, EPS, TIE_FREE, TIE_HEAVY, offsets
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from adaptive_prune import ops
@@ -98,7 +98,7 @@ def check(got, want, dtype, what=""):
 PARAMS = [
     pytest.param(c.id, dt, id=f"{c.id}-{dt}")
     for c in TIE_FREE
-    for dt in (["fp32", "fp16", "bf16"] if c.id in ("odd-sizes-text", "requests") else ["fp32"])
+    for dt in (["fp32", "fp16", "bf16"] if c.id in ALL_DTYPES else ["fp32"])
 ] + [pytest.param(c.id, "fp32", id=f"{c.id}-fp32") for c in TIE_HEAVY]
 
 

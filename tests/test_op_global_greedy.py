@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 from _backends import ATOL, BACKENDS, DTYPES, TIE, call, opcheck
-from _inputs import CASES, EPS, MARGIN, TIE_FREE, TIE_HEAVY, offsets
+from _inputs import ALL_DTYPES, CASES, EPS, MARGIN, TIE_FREE, TIE_HEAVY, offsets
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from adaptive_prune import ops
@@ -97,7 +97,7 @@ def test_tie_free_cases_have_a_margin(case, dtype):
 TIE_FREE_PARAMS = [
     pytest.param(c.id, dt, id=f"{c.id}-{dt}")
     for c in TIE_FREE
-    for dt in (["fp32", "fp16", "bf16"] if c.id in ("odd-sizes-text", "requests") else ["fp32"])
+    for dt in (["fp32", "fp16", "bf16"] if c.id in ALL_DTYPES else ["fp32"])
 ]
 
 

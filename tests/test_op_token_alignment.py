@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _backends import ATOL, BACKENDS, DTYPES, call, opcheck
-from _inputs import CASES, EPS, TIE_FREE, TIE_HEAVY
+from _inputs import ALL_DTYPES, CASES, EPS, TIE_FREE, TIE_HEAVY
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from adaptive_prune import ops
@@ -45,7 +45,7 @@ CASES_WITH_TEXT = [c for c in TIE_FREE + TIE_HEAVY if c.text is not None]
 PARAMS = [
     pytest.param(c.id, dt, id=f"{c.id}-{dt}")
     for c in CASES_WITH_TEXT
-    for dt in (["fp32", "fp16", "bf16"] if c.id in ("odd-sizes-text", "requests") else ["fp32"])
+    for dt in (["fp32", "fp16", "bf16"] if c.id in ALL_DTYPES else ["fp32"])
 ]
 
 

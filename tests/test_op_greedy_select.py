@@ -110,11 +110,19 @@ def check_structure(rank: torch.Tensor, c) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# the inputs are what they claim
+# the inputs are what they claim (in every dtype they run in)
 # --------------------------------------------------------------------------------------------
+# rounded to bf16, odd-sizes-text has a max-min decision within 2.4e-5 of a tie: fp32/fp16 only
+TIE_FREE_PARAMS = [
+    pytest.param(c.id, dt, id=f"{c.id}-{dt}")
+    for c in TIE_FREE
+    for dt in (["fp32", "fp16", "bf16"] if c.id in ALL_DTYPES else ["fp32"])
+    if (c.id, dt) != ("odd-sizes-text", "bf16")
+]
+
+
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
-@pytest.mark.parametrize("case", [c.id for c in TIE_FREE])
+@pytest.mark.parametrize("case, dtype", TIE_FREE_PARAMS)
 def test_tie_free_cases_have_a_margin(case, dtype, mode):
     _, margin = brute_case(case, DTYPES[dtype], mode)
     assert margin > MARGIN
@@ -123,13 +131,6 @@ def test_tie_free_cases_have_a_margin(case, dtype, mode):
 # --------------------------------------------------------------------------------------------
 # every backend
 # --------------------------------------------------------------------------------------------
-TIE_FREE_PARAMS = [
-    pytest.param(c.id, dt, id=f"{c.id}-{dt}")
-    for c in TIE_FREE
-    for dt in (["fp32", "fp16", "bf16"] if c.id in ALL_DTYPES else ["fp32"])
-]
-
-
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case, dtype", TIE_FREE_PARAMS)
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,4 +1,6 @@
-"""torch.library registration: opcheck of every op, fake shapes, torch.compile."""
+"""torch.library registration as a whole: the namespace, ``torch.compile`` of several ops in one
+graph and of the public call. Per-op ``opcheck`` and fake shapes, on every backend:
+tests/test_op_*.py."""
 
 from __future__ import annotations
 
@@ -47,27 +49,6 @@ def sample_args():
             (x, pool, po, torch.tensor([0, 0, 1, 2, 2, 2, 3, 3, 3]), reserved, reserved, 2, 1e-6)
         ],
     }
-
-
-@pytest.mark.parametrize("name", list(ops.ALL_OPS))
-def test_opcheck(name):
-    for args in sample_args()[name]:
-        torch.library.opcheck(ops.ALL_OPS[name], args)
-
-
-@pytest.mark.parametrize("name", list(ops.ALL_OPS))
-def test_fake_matches_real(name):
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    for args in sample_args()[name]:
-        real = ops.ALL_OPS[name](*args)
-        with FakeTensorMode() as mode:
-            fargs = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
-            fake = ops.ALL_OPS[name](*fargs)
-        real = real if isinstance(real, tuple) else (real,)
-        fake = fake if isinstance(fake, tuple) else (fake,)
-        for r, f in zip(real, fake):
-            assert r.shape == f.shape and r.dtype == f.dtype
 
 
 def test_ops_compile_fullgraph():

@@ -12,8 +12,8 @@
 - host synchronisations: exactly one in the adaptive composition, counted with
   ``torch.cuda.set_sync_debug_mode("warn")``.
 
-The kernel-by-kernel suite (tests/test_triton_kernels.py) also runs on the GPU when CUDA is
-there: its ``device`` fixture is then CUDA.
+The per-op tests (tests/test_op_*.py, parameter ``cuda``) and the Triton backend's own tests
+(tests/test_backend_triton.py, whose ``device`` fixture is then CUDA) also run on the GPU.
 """
 
 from __future__ import annotations
@@ -46,12 +46,10 @@ def tokens(counts, dim=64, seed=0, dtype=torch.float32, device="cuda"):
 def test_triton_is_the_cuda_backend():
     from adaptive_prune import backends, ops
 
-    x, _ = tokens([3])
+    assert backends.unavailable("triton") is None, backends.unavailable("triton")
+    x = torch.ones(3, 4, device="cuda")
     for name in ops.ALL_OPS:
-        assert backends.serving(name, "cuda", (x,))[0] == "triton", (
-            name,
-            backends.unavailable("triton"),
-        )
+        assert backends.serving(name, "cuda", (x,))[0] == "triton", name
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -61,8 +59,7 @@ def test_prune_on_cuda_matches_reference(dtype, with_text):
 
     x, cu = tokens([1, 60, 0, 83, 37, 5], dtype=dtype)
     text = tokens([9], seed=3, dtype=dtype)[0] if with_text else None
-    with adaptive_prune.backend("triton"):
-        got = adaptive_prune.prune(x, cu, text, keep_ratio=0.25, return_diagnostics=True)
+    got = adaptive_prune.prune(x, cu, text, keep_ratio=0.25, return_diagnostics=True)
     with adaptive_prune.backend("reference"):
         want = adaptive_prune.prune(x, cu, text, keep_ratio=0.25, return_diagnostics=True)
     assert got.indices.is_cuda
@@ -79,8 +76,7 @@ def test_prune_batch_on_cuda_matches_reference():
     t = tokens([12], seed=4, dtype=torch.bfloat16)[0]
     texts = [t[:5], None, t[5:], None]
     kw = dict(keep_ratio=[0.3, 0.5, 0.2, 1.0], min_per_image=0)
-    with adaptive_prune.backend("triton"):
-        got = adaptive_prune.prune_batch(x, cu, ro, texts, **kw)
+    got = adaptive_prune.prune_batch(x, cu, ro, texts, **kw)
     with adaptive_prune.backend("reference"):
         want = adaptive_prune.prune_batch(x, cu, ro, texts, **kw)
     assert torch.equal(got.indices, want.indices)

@@ -1,17 +1,25 @@
-"""Triton kernels against the reference, launcher by launcher.
+"""Behaviour of the Triton backend only (kernels/ and adaptive_prune/backends/triton.py).
 
-Without a GPU these run under the Triton interpreter (tests/conftest.py turns it on), on small
-shapes: the interpreter runs programs one by one. With CUDA they run the compiled kernels on
-the GPU. Inputs are Gaussian tokens in 32-48 dimensions (tie-free at these sizes: every
-selection is compared index for index) and, for the selection kernels, inputs full of ties
-(compared for exact equality too: both sides apply the same tie rules to the same values).
-Every buffer the launchers allocate is poisoned (NaN / sentinel) so unwritten outputs fail.
+The per-op results on the shared inputs are in tests/test_op_*.py (parameter ``triton``). Here:
+
+- the launchers' code paths against the reference: register-resident and chunked similarity
+  blocks (``block``), one pick per step and the windowed max-min engine (``window``);
+- the windowed engine against the step loops, bit for bit, on ties and across scales;
+- block-budget grouping (``block_budget_mb``: consecutive launches, same output), the knobs
+  through ``adaptive_prune.backend("triton", ...)``, and their validation;
+- the similarity blocks and row reductions the greedy and alignment kernels are built on;
+- bf16 inputs, upcast to fp32 under the interpreter (which mishandles bf16);
+- clear errors: bad arguments, similarity blocks that do not fit;
+- ``prune`` / ``prune_batch`` end to end against the reference backend.
+
+Without a GPU these run under the Triton interpreter (tests/conftest.py turns it on) on small
+shapes; with CUDA the ``device`` fixture is CUDA and they run compiled. Buffers are poisoned.
+GPU-only checks (bf16 tensor cores, the speed-target shape, host syncs): tests/test_triton_gpu.py.
 """
 
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 import torch
@@ -22,19 +30,18 @@ from adaptive_prune.kernels import _common  # noqa: E402
 from adaptive_prune.kernels import global_greedy as global_greedy_module  # noqa: E402
 from adaptive_prune.kernels import greedy_select as greedy_select_module  # noqa: E402
 from adaptive_prune.kernels import token_similarity as token_similarity_module  # noqa: E402
-from adaptive_prune.kernels.budget_scores import budget_scores_fwd  # noqa: E402
 from adaptive_prune.kernels.global_greedy import global_greedy_fwd  # noqa: E402
 from adaptive_prune.kernels.greedy_select import greedy_select_fwd  # noqa: E402
 from adaptive_prune.kernels.pareto_select import pareto_select_fwd  # noqa: E402
-from adaptive_prune.kernels.token_alignment import token_alignment_fwd  # noqa: E402
 from adaptive_prune.kernels.token_similarity import (  # noqa: E402
     similarity_blocks,
     token_similarity_fwd,
 )
 
+import adaptive_prune  # noqa: E402
 from adaptive_prune.ops import reference as ref  # noqa: E402
 
-pytestmark = pytest.mark.interpreter
+pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("poison")]
 
 EPS = 1e-6
 # similarity / score tolerances (fp32 accumulation on both sides; fp16 inputs are exact in fp32)
@@ -42,16 +49,6 @@ ATOL = {torch.float32: 2e-6, torch.float16: 2e-6}
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")]
 # image sizes: one token, empty, odd sizes, different sizes
 COUNTS = [1, 70, 0, 79, 37, 5]
-
-
-@pytest.fixture(autouse=True)
-def poison():
-    """Fresh buffers start as NaN / the largest integer (torch's deterministic mode fills
-    ``torch.empty``), so an output slot the kernels never write fails the comparison."""
-    was = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    yield
-    torch.use_deterministic_algorithms(was)
 
 
 def tokens(counts, dim=40, seed=0, dtype=torch.float32, device="cpu"):
@@ -135,42 +132,6 @@ def test_row_reductions(device, mode):
         )  # fmt: skip
         want = brute_reduce(x, qrows, qo, x, qrows, qo, mode, grp)
     torch.testing.assert_close(got.cpu(), want, atol=2e-6, rtol=0)
-
-
-@pytest.mark.parametrize("reduce", ["mean", "max"])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_token_alignment_matches_reference(device, reduce, dtype):
-    x, _ = tokens([150], dtype=dtype, device=device)
-    t, _ = tokens([20], seed=5, dtype=dtype, device=device)
-    rows = torch.randperm(150)[:90].to(device)
-    ro, to = torch.tensor([0, 30, 30, 90]), torch.tensor([0, 5, 12, 12])
-    got = token_alignment_fwd(x, rows, ro, t, to, reduce, EPS)
-    want = ref.token_alignment(x.cpu(), rows.cpu(), ro, t.cpu(), to, reduce, EPS)
-    torch.testing.assert_close(got.cpu(), want, atol=ATOL[dtype], rtol=0)
-    assert bool((got[30:90] == 0).all())  # the last request has no text: 0
-
-
-# --------------------------------------------------------------------------------------------
-# stage 0 and allocation
-# --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("with_text", [False, True], ids=["no-text", "text"])
-def test_budget_scores_matches_reference(device, dtype, with_text):
-    x, cu = tokens([1, 70, 0, 79, 37, 5, 60], dtype=dtype, device=device)
-    x[75] = 0  # a zero-norm token
-    x[160:197] = x[81:118]  # image 4 repeats part of image 1 (multiplicity > 1)
-    ro = torch.tensor([0, 2, 2, 6, 7])  # request 1 has no image
-    text = to = None
-    if with_text:
-        text, _ = tokens([30], seed=7, dtype=dtype, device=device)
-        to = torch.tensor([0, 7, 7, 30, 30])  # request 3 has images but no text
-    got = budget_scores_fwd(x, cu, ro, text, to, 0.05, 10.0, EPS)
-    want = ref.budget_scores(
-        x.cpu(), cu, ro, None if text is None else text.cpu(), to, 0.05, 10.0, EPS
-    )
-    for name, g, w in zip(("d_intra", "mult", "att", "d_inter"), got, want):
-        # mult = sum exp(-(1-C)/sigma) amplifies C's rounding by 1/sigma = 20
-        torch.testing.assert_close(g.cpu(), w.float(), atol=1e-5, rtol=1e-5, msg=name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,53 +329,128 @@ def test_blocks_that_do_not_fit_raise_a_clear_out_of_memory_error(device, monkey
     assert int((got >= 0).sum()) == 6  # ranks: 3 picks per image
 
 
-# --------------------------------------------------------------------------------------------
-# Pareto selection
-# --------------------------------------------------------------------------------------------
-def pareto_case(seed):
-    rng = random.Random(seed)
-    g = torch.Generator().manual_seed(seed)
-    S = rng.randint(1, 3)
-    sizes = [rng.randint(0, 90) for _ in range(S)]  # > 64 exercises the chunked loops
-    so = [0]
-    for s in sizes:
-        so.append(so[-1] + s)
-    K = so[-1]
-    kind = seed % 4
-    if kind == 0:  # random points
-        f1, f2 = torch.rand(K, generator=g), torch.rand(K, generator=g)
-    elif kind == 1:  # coarse grid: many equal values and identical points
-        f1 = torch.randint(0, 5, (K,), generator=g).float()
-        f2 = torch.randint(0, 5, (K,), generator=g).float()
-    elif kind == 2:  # gains non-increasing along the greedy order, as in the method
-        f1 = torch.sort(torch.rand(K, generator=g), descending=True).values
-        f2 = torch.rand(K, generator=g)
-    else:  # nearly anti-correlated: few, large fronts (the crowding cut does the work)
-        f1 = torch.rand(K, generator=g)
-        f2 = 1 - f1 + 0.01 * torch.randint(0, 3, (K,), generator=g).float()
-    k = [rng.randint(0, s + 1) for s in sizes]
-    return f1, f2, torch.tensor(so), k
-
-
-@pytest.mark.parametrize("seed", range(12))
-def test_pareto_select_matches_reference(device, seed):
-    f1, f2, so, k = pareto_case(seed)
-    got = pareto_select_fwd(f1.to(device), f2.to(device), so, k).cpu()
-    want = ref.pareto_select(f1, f2, so, k)
-    assert bool((got.view(torch.uint8) <= 1).all())  # a valid bool in every byte
-    assert torch.equal(got, want)
-    # invariants: exactly min(k, K_s) per segment; whoever dominates a kept point is kept
-    so_l = so.tolist()
-    for s in range(len(k)):
-        a, e = so_l[s], so_l[s + 1]
-        assert int(got[a:e].sum()) == min(k[s], e - a)
-        kept = torch.nonzero(got[a:e]).flatten() + a
-        for i in kept.tolist():
-            dom = (f1[a:e] >= f1[i]) & (f2[a:e] >= f2[i]) & ((f1[a:e] > f1[i]) | (f2[a:e] > f2[i]))
-            assert bool(got[a:e][dom].all())
-
-
 def test_pareto_rejects_bad_k(device):
     with pytest.raises(ValueError, match="k has"):
         pareto_select_fwd(torch.rand(4, device=device), torch.rand(4, device=device),
                           torch.tensor([0, 4]), [1, 2])  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# the knobs through the routing layer, bf16 under the interpreter
+# --------------------------------------------------------------------------------------------
+def test_knobs_reach_the_launchers_through_backend(device, monkeypatch):
+    """``backend("triton", greedy_window=..., block_budget_mb=...)`` changes how the kernels
+    run (one launch per image under a 0 MiB budget), never the result."""
+    x, cu = tokens([30, 1, 45, 20], device=device)
+    bud = torch.tensor([7, 1, 20, 5], device=device)
+    want = ref.greedy_select(x.cpu(), cu, bud.cpu(), "maxmin", EPS)
+    calls = []
+    real = token_similarity_module.similarity_blocks
+
+    def spy(xx, seg, *a, **k):
+        calls.append(len(seg) - 1)
+        return real(xx, seg, *a, **k)
+
+    monkeypatch.setattr(greedy_select_module, "similarity_blocks", spy)
+    for knobs, launches in (({}, [4]), ({"greedy_window": 0, "block_budget_mb": 0}, [1] * 4)):
+        calls.clear()
+        with adaptive_prune.backend("triton", **knobs):
+            got = torch.ops.adaptive_prune.greedy_select(x, cu, bud, "maxmin", EPS)
+        assert torch.equal(got.cpu(), want), knobs
+        assert calls == launches, knobs
+
+
+def test_bfloat16_is_upcast_under_the_interpreter():
+    """The interpreter mishandles bf16, so the kernels see the exact fp32 upcast there: the
+    results equal the reference's on the same (fp32-representable) values."""
+    if not _common.INTERPRET:
+        pytest.skip("on a GPU bf16 runs on the tensor cores (tests/test_triton_gpu.py)")
+    x, cu = tokens([1, 30, 0, 23, 5], dtype=torch.bfloat16)
+    assert _common.kernel_input(x).dtype == torch.float32
+    assert torch.equal(_common.kernel_input(x), x.float())
+    t, _ = tokens([4], seed=5, dtype=torch.bfloat16)
+    ro, to = torch.tensor([0, 5]), torch.tensor([0, 4])
+    bud = torch.tensor([1, 9, 0, 23, 2])
+    pool = torch.arange(0, 59, 2)
+    po = torch.tensor([0, 30])
+    reserved = torch.zeros(30, dtype=torch.bool)
+    reserved[[0, 3]] = True
+    calls = {
+        "budget_scores": (x, cu, ro, t, to, 0.05, 10.0, EPS),
+        "greedy_select": (x, cu, bud, "maxmin", EPS),
+        "global_greedy": (x, pool, po, reserved, [12], EPS),
+        "token_alignment": (x, pool, po, t, to, "max", EPS),
+    }
+    for name, args in calls.items():
+        with adaptive_prune.backend("triton"):
+            got = getattr(torch.ops.adaptive_prune, name)(*args)
+        want = getattr(ref, name)(*[a.float() if isinstance(a, torch.Tensor) and
+                                    a.dtype == torch.bfloat16 else a for a in args])  # fmt: skip
+        got = got if isinstance(got, tuple) else (got,)
+        want = want if isinstance(want, tuple) else (want,)
+        for g, w in zip(got, want):
+            if g.dtype.is_floating_point:
+                torch.testing.assert_close(g, w.to(g.dtype), atol=1e-5, rtol=1e-5, msg=name)
+            else:
+                assert torch.equal(g, w), name
+
+
+CASES = {
+    "no-text": dict(),
+    "text": dict(text=True),
+    "text-q0": dict(text=True, min_per_image=0),
+    "q0": dict(min_per_image=0),
+    "maxsum-text": dict(text=True, intra="maxsum"),
+    "align-max-q2": dict(text=True, align="max", min_per_image=2),
+    "keep-all": dict(keep_ratio=1.0),
+}
+
+
+# every case in fp32, a subset in fp16 (the interpreter is slow)
+PARAMS = [pytest.param(c, torch.float32, id=f"{c}-fp32") for c in CASES] + [
+    pytest.param(c, torch.float16, id=f"{c}-fp16") for c in ("text", "q0")
+]
+
+
+@pytest.mark.parametrize("case, dtype", PARAMS)
+def test_prune_matches_reference(device, case, dtype):
+    kw = dict(CASES[case])
+    x, cu = tokens([1, 60, 0, 83, 37, 5], dtype=dtype, device=device)
+    if kw.pop("text", False):
+        kw["text"] = tokens([9], seed=3, dtype=dtype, device=device)[0]
+    kw.setdefault("keep_ratio", 0.25)
+    with adaptive_prune.backend("triton"):
+        got = adaptive_prune.prune(x, cu, return_diagnostics=True, **kw)
+    with adaptive_prune.backend("reference"):
+        want = adaptive_prune.prune(x, cu, return_diagnostics=True, **kw)
+    assert torch.equal(got.indices.cpu(), want.indices.cpu())
+    assert torch.equal(got.diagnostics.budgets.cpu(), want.diagnostics.budgets.cpu())
+    assert got.diagnostics.pool_size == want.diagnostics.pool_size
+    assert got.diagnostics.candidates == want.diagnostics.candidates
+
+
+def test_prune_batch_matches_reference(device):
+    x, cu = tokens([40, 1, 55, 0, 30, 70, 20], device=device)
+    ro = torch.tensor([0, 2, 2, 5, 7])  # request 1 has no image
+    t, _ = tokens([12], seed=4, device=device)
+    texts = [t[:5], None, t[5:], None]  # request 3 has no text
+    kw = dict(keep_ratio=[0.3, 0.5, 0.2, 1.0])  # the last request keeps everything
+    with adaptive_prune.backend("triton"):
+        got = adaptive_prune.prune_batch(x, cu, ro, texts, **kw)
+    with adaptive_prune.backend("reference"):
+        want = adaptive_prune.prune_batch(x, cu, ro, texts, **kw)
+    assert torch.equal(got.indices.cpu(), want.indices.cpu())
+    assert torch.equal(got.per_image.cpu(), want.per_image.cpu())
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # interpreter
+@pytest.mark.parametrize("where", ["vision", "text"])
+def test_non_finite_input_is_reported_after_stage_0(device, where):
+    """The finiteness checks are read with the composition's one read, after the Triton
+    budget-score kernels ran on the bad values: still the clear error, nothing hangs."""
+    x, cu = tokens([30, 0, 25], device=device)
+    t = tokens([6], seed=3, device=device)[0]
+    (x if where == "vision" else t)[4, 7] = float("nan")
+    with pytest.raises(ValueError, match=f"{where} contains NaN or Inf values .first bad row: 4"):
+        with adaptive_prune.backend("triton"):
+            adaptive_prune.prune(x, cu, t, keep_ratio=0.3)

@@ -1,0 +1,182 @@
+"""``adaptive_prune::global_greedy`` on every backend against a brute-force max-min greedy.
+
+The brute force recomputes every pool candidate's min distance to the whole picked set at
+every step (float64). Tie-free cases: every backend gives exactly the brute force's order, and
+its gains within ``ATOL``. Tie-heavy cases: the reserved tokens first (gain +inf), then a
+valid greedy order (each pick within :data:`TIE` of the best) whose gains are the replayed
+scores and, as a multiset, the reference's gains.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+from _backends import ATOL, BACKENDS, DTYPES, TIE, call, opcheck
+from _inputs import ALL_DTYPES, CASES, EPS, MARGIN, TIE_FREE, TIE_HEAVY, offsets
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from adaptive_prune import ops
+from adaptive_prune.ops import reference as ref
+
+pytestmark = pytest.mark.usefixtures("poison")
+OP = "global_greedy"
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    x = x.double()
+    return x / x.norm(dim=1, keepdim=True).clamp_min(EPS)
+
+
+def pool_scores(xh: torch.Tensor, picked: list[int]) -> torch.Tensor:
+    """Min distance of every pool position to the picked ones, from scratch (picked: -inf;
+    nothing picked: +inf everywhere, so the first pick is position 0)."""
+    if picked:
+        score = (1.0 - xh @ xh[picked].T).min(1).values
+    else:
+        score = torch.full((xh.shape[0],), math.inf, dtype=xh.dtype)
+    score[picked] = -math.inf
+    return score
+
+
+@functools.cache
+def brute_case(case_id: str, dtype: torch.dtype):
+    """``(order [sum P], gains [sum P] float64, smallest decision margin)`` of a case."""
+    c = CASES[case_id]
+    x = c.x(dtype)
+    pool, po, reserved, picks = c.pool()
+    po = po.tolist()
+    order, gains, margin = [], [], math.inf
+    for r in range(len(po) - 1):
+        a, e = po[r], po[r + 1]
+        xh = unit(x[pool[a:e]])
+        got = torch.nonzero(reserved[a:e]).flatten().tolist()[: picks[r]]
+        g = [math.inf] * len(got)
+        while len(got) < picks[r]:
+            score = pool_scores(xh, got)
+            top = torch.topk(score, min(2, e - a - len(got))).values
+            if len(top) == 2 and got:
+                margin = min(margin, float(top[0] - top[1]))
+            j = int(torch.argmax(score))
+            got.append(j)
+            g.append(float(score[j]))
+        order += [a + j for j in got]
+        gains += g
+    return torch.tensor(order, dtype=torch.int64), torch.tensor(gains, dtype=torch.float64), margin
+
+
+def args_of(c, dtype):
+    pool, po, reserved, picks = c.pool()
+    return (c.x(dtype), pool, po, reserved, picks, EPS)
+
+
+def check_structure(order, gains, c):
+    pool, po, reserved, picks = c.pool()
+    assert order.dtype == torch.int64 and gains.dtype == torch.float32
+    assert order.shape == gains.shape == (sum(picks),)
+    po, start = po.tolist(), 0
+    for r in range(len(po) - 1):
+        o = order[start : start + picks[r]]
+        assert bool(((o >= po[r]) & (o < po[r + 1])).all()), f"request {r}: {o.tolist()}"
+        assert o.unique().numel() == o.numel(), f"request {r}: a position picked twice"
+        res = (torch.nonzero(reserved[po[r] : po[r + 1]]).flatten() + po[r]).tolist()
+        n = min(len(res), picks[r])
+        assert o[:n].tolist() == res[:n], f"request {r}: the reserved tokens come first"
+        assert bool(torch.isinf(gains[start : start + n]).all())
+        start += picks[r]
+
+
+TIE_FREE_PARAMS = [
+    pytest.param(c.id, dt, id=f"{c.id}-{dt}")
+    for c in TIE_FREE
+    for dt in (["fp32", "fp16", "bf16"] if c.id in ALL_DTYPES else ["fp32"])
+]
+
+
+@pytest.mark.parametrize("case, dtype", TIE_FREE_PARAMS)
+def test_tie_free_cases_have_a_margin(case, dtype):
+    assert brute_case(case, DTYPES[dtype])[2] > MARGIN
+
+
+@pytest.mark.parametrize("case, dtype", TIE_FREE_PARAMS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tie_free_matches_brute_force(backend, case, dtype):
+    if backend == "triton" and dtype == "bf16":
+        pytest.skip("bf16 under the interpreter: tests/test_backend_triton.py")
+    c = CASES[case]
+    order, gains = call(backend, OP, args_of(c, DTYPES[dtype]), keep_cpu=(2,))
+    check_structure(order, gains, c)
+    want_o, want_g = brute_case(case, DTYPES[dtype])[:2]
+    assert torch.equal(order, want_o)
+    torch.testing.assert_close(gains.double(), want_g, atol=ATOL[DTYPES[dtype]], rtol=0)
+
+
+@pytest.mark.parametrize("case", [c.id for c in TIE_HEAVY])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tie_heavy_gives_valid_orders_with_the_same_gains(backend, case):
+    c = CASES[case]
+    args = args_of(c, torch.float32)
+    order, gains = call(backend, OP, args, keep_cpu=(2,))
+    check_structure(order, gains, c)
+    _, want_g = ref.global_greedy(*args)
+    x, pool, po, reserved, picks, _ = args
+    po, start = po.tolist(), 0
+    for r in range(len(po) - 1):
+        xh = unit(x[pool[po[r] : po[r + 1]]])
+        o = (order[start : start + picks[r]] - po[r]).tolist()
+        n_res = int(reserved[po[r] : po[r + 1]].sum())
+        for t in range(n_res, len(o)):
+            score = pool_scores(xh, o[:t])
+            assert float(score[o[t]]) >= float(score.max()) - TIE, (r, t)
+            assert float(gains[start + t]) == pytest.approx(float(score[o[t]]), abs=TIE)
+        g, w = gains[start : start + picks[r]], want_g[start : start + picks[r]]
+        assert g.sort().values.tolist() == pytest.approx(w.sort().values.tolist(), abs=TIE)
+        start += picks[r]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_without_reserved_tokens_the_first_pick_is_position_0(backend):
+    x = CASES["no-text-zero-row"].x(torch.float32)
+    pool, po = torch.tensor([4, 9, 1, 30, 17, 2]), offsets([1, 5])
+    reserved = torch.zeros(6, dtype=torch.bool)
+    order, gains = call(backend, OP, (x, pool, po, reserved, [1, 3], EPS), keep_cpu=(2,))
+    want_o, want_g = ref.global_greedy(x, pool, po, reserved, [1, 3], EPS)
+    assert order.tolist()[:2] == [0, 1] and torch.equal(order, want_o)
+    assert bool(torch.isinf(gains[:2]).all())
+    torch.testing.assert_close(gains, want_g, atol=ATOL[torch.float32], rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_and_output_dtype_shape(backend):
+    c = CASES["opcheck"]
+    samples = [args_of(c, torch.float32), args_of(c, torch.float16)]
+    opcheck(backend, OP, samples)
+    for args in samples:
+        got = call(backend, OP, args, keep_cpu=(2,))
+        with FakeTensorMode() as mode:
+            fake = ops.ALL_OPS[OP](*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
+                                     for a in args])  # fmt: skip
+        for g, f, dt in zip(got, fake, (torch.int64, torch.float32)):
+            assert g.dtype == f.dtype == dt and g.shape == f.shape
+
+
+# --------------------------------------------------------------------------------------------
+# the reference in float64
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", [c.id for c in TIE_FREE])
+def test_reference_fp64_matches_brute_force(case):
+    c = CASES[case]
+    order, gains = ref.global_greedy(*args_of(c, torch.float64))
+    want_o, want_g, _ = brute_case(case, torch.float64)
+    assert torch.equal(order, want_o)
+    # the reference returns float32 gains
+    torch.testing.assert_close(gains.double(), want_g, atol=ATOL[torch.float32], rtol=0)
+
+
+def test_reference_gains_never_increase():
+    c = CASES["577"]
+    order, gains = ref.global_greedy(*args_of(c, torch.float64))
+    n_res = int(c.pool()[2].sum())
+    assert bool((gains[n_res:-1] >= gains[n_res + 1 :]).all())

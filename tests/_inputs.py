@@ -43,7 +43,7 @@ class TokenCase:
     images_per_request: list[int]
     text_rows: list[int]  # text rows per request (0 = no text)
     text: Optional[torch.Tensor]  # [M, D] float64
-    budgets: list[int]  # greedy_select picks per image (may exceed the image)
+    budgets: list[int]  # greedy_select picks per image (at most the image's size)
     pool_fraction: float = 1.0  # share of each request's tokens in the stage-2 pool
     extra_picks: int = 8  # stage-2 picks beyond the reserved tokens
     ties: bool = False
@@ -112,18 +112,20 @@ def _case(id, counts, ipr, text_rows, budgets, dim=32, seed=0, zero_rows=(), **k
     x = _gauss(sum(counts), dim, g)
     x[list(zero_rows)] = 0.0  # zero-norm tokens (their unit vector is 0)
     text = _gauss(sum(text_rows), dim, g) if sum(text_rows) else None
+    budgets = [min(b, m) for b, m in zip(budgets, counts)]  # the op's contract: b_k <= m_k
     return TokenCase(id, x, counts, ipr, text_rows, text, budgets, seed=seed, **kw)
 
 
 def _tie_case(id, x, counts, ipr, text_rows, budgets, seed=0, **kw) -> TokenCase:
     g = torch.Generator().manual_seed(seed + 77)
     text = _gauss(sum(text_rows), x.shape[1], g) if sum(text_rows) else None
+    budgets = [min(b, m) for b, m in zip(budgets, counts)]  # the op's contract: b_k <= m_k
     return TokenCase(id, x, counts, ipr, text_rows, text, budgets, ties=True, seed=seed, **kw)
 
 
 def _tie_free() -> list[TokenCase]:
     return [
-        # odd sizes, a 1-token and an empty image, budgets at / above an image's size
+        # odd sizes, a 1-token and an empty image, budgets up to an image's size
         _case("odd-sizes-text", [1, 37, 0, 23, 5], [5], [6], [1, 9, 0, 23, 7], seed=11),
         # several requests: one without images, one without text
         _case(
@@ -226,7 +228,7 @@ def pareto_cases() -> list[ParetoCase]:
             f1 = torch.rand(K, generator=g)
             f2 = 1 - f1 + 0.01 * torch.randint(0, 3, (K,), generator=g).float()
             name = "anti-correlated"
-        k = [rng.randint(0, s + 1) for s in sizes]
+        k = [rng.randint(0, s) for s in sizes]
         out.append(ParetoCase(f"{name}-{seed}", f1, f2, so, k, ties=kind in (1, 3)))
     return out
 

@@ -162,12 +162,14 @@ def test_tie_heavy_gives_valid_orders_with_the_same_gains(backend, case, mode):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_budgets_of_zero_and_above_the_image(backend):
+def test_budgets_of_zero_and_the_whole_image(backend):
     x = CASES["no-text-zero-row"].x(torch.float32)[:12]
     cu = offsets([5, 0, 7])
-    (rank,) = call(backend, OP, (x, cu, torch.tensor([0, 3, 99]), "maxmin", EPS), keep_cpu=(1, 2))
+    (rank,) = call(backend, OP, (x, cu, torch.tensor([0, 0, 7]), "maxmin", EPS), keep_cpu=(1, 2))
     assert bool((rank[:5] == -1).all())
     assert sorted(rank[5:].tolist()) == list(range(7))
+    with pytest.raises(ValueError, match=r"budgets\[2\] = 8 must lie in \[0, 7\]"):
+        call(backend, OP, (x, cu, torch.tensor([0, 0, 8]), "maxmin", EPS), keep_cpu=(1, 2))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -6,9 +6,10 @@ implementation with the public op's signature plus the knobs ``greedy_window`` a
 kernel modules load on the first call of :func:`table`.
 
 The table is built by one loop over the ops: op ``X`` is served by ``adaptive_prune.kernels.X``'s
-launcher ``X_fwd``. Knobs reach the launchers that take them (``greedy_window`` is their
-``window`` argument). A launcher raises ``kernels._common.Unsupported`` for an input its kernel
-does not take; the op then runs the reference. The kernels never import the package.
+launcher ``X_fwd`` (an op without such a module is left to the reference). Knobs reach the
+launchers that take them (``greedy_window`` is their ``window`` argument). A launcher raises
+``kernels._common.Unsupported`` for an input its kernel does not take; the op then runs the
+reference. The kernels never import the package.
 """
 
 from __future__ import annotations
@@ -59,14 +60,14 @@ def _serve(name: str, fwd: Callable, unsupported: type) -> Callable:
 def table() -> dict[str, Callable]:
     if "table" not in _STATE:
         common = importlib.import_module("adaptive_prune.kernels._common")
-        _STATE["table"] = {
-            name: _serve(
-                name,
-                getattr(importlib.import_module(f"adaptive_prune.kernels.{name}"), f"{name}_fwd"),
-                common.Unsupported,
-            )
-            for name in ops.ALL_OPS
-        }
+        table = {}
+        for name in ops.ALL_OPS:  # an op without a kernel module is served by the reference
+            module = f"adaptive_prune.kernels.{name}"
+            if importlib.util.find_spec(module) is None:
+                continue
+            fwd = getattr(importlib.import_module(module), f"{name}_fwd")
+            table[name] = _serve(name, fwd, common.Unsupported)
+        _STATE["table"] = table
     return _STATE["table"]
 
 

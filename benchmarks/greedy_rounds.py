@@ -74,14 +74,16 @@ def one_keep(x, cu, text, keep: float, windows, cond: dict) -> list[dict]:
 
     calls = captured_calls(x, cu, text, keep)
     vision, cu_s, bud, mode, eps = calls["greedy_select"]
-    _, pool, po, reserved, picks, _ = calls["global_greedy"]
+    _, pool, po, reserved, picks, _, groups = calls["global_greedy"]
     dev = vision.device
 
     def stage1(w, stats=None):
         return greedy_select_fwd(vision, cu_s, bud, mode, eps, window=w, stats=stats)
 
     def stage2(w, stats=None):
-        return global_greedy_fwd(vision, pool, po, reserved, picks, eps, window=w, stats=stats)
+        return global_greedy_fwd(
+            vision, pool, po, reserved, picks, eps, groups, window=w, stats=stats
+        )
 
     t0 = time.perf_counter()
     want = {"stage 1": stage1(0), "stage 2": stage2(0)}

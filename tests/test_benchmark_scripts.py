@@ -101,7 +101,7 @@ def test_greedy_rounds_dry_run_matches_the_step_loops():
         cells = [c.strip() for c in line.strip("|").split("|")]
         steps, window, rounds, same = int(cells[2]), int(cells[3]), int(cells[4]), cells[7]
         assert window == 64 and same == "True", line
-        assert 1 <= rounds <= steps, line  # a round makes at least one pick
+        assert rounds <= steps and (rounds >= 1 or steps == 0), line  # a round makes a pick
     assert "appended" not in p.stdout  # a dry run writes no CSV
 
 

@@ -39,6 +39,7 @@ def aligned_attrs(fn, signature: dict) -> dict:
 def variants():
     """(name, kernel, signature, constexprs, options) of every launch configuration used."""
     from . import (
+        _engine,
         allocate_budgets,
         budget_scores,
         global_greedy,
@@ -168,6 +169,33 @@ def variants():
              "acc_ptr": "*fp32", "win_ptr": "*i64", "wv_ptr": "*fp32", "stats_ptr": "*i64"},
             {"BLOCK": block, "L": window, "STATS": False},
             {"num_warps": warps},
+        ))  # fmt: skip
+    # the row engine: the persistent kernel (GPU path) and the per-phase kernels
+    eng = {"x_ptr": "*bf16", "rows_ptr": "*i64", "inv_ptr": "*fp32", "acc_ptr": "*fp32",
+           "off_ptr": "*i64", "tcum_ptr": "*i64", "n_seg": "i32", "n_tiles": "i32",
+           "lst_ptr": "*i64", "loff_ptr": "*i64", "lcnt_ptr": "*i64", "shift_ptr": "*i64",
+           "sel_ptr": "*i64", "nsel_ptr": "*i64", "steps_ptr": "*i64", "done_ptr": "*i64",
+           "cand_ptr": "*i64", "nxt_ptr": "*i64"}  # fmt: skip
+    outs = {"out_ptr": "*i64", "gain_ptr": "*fp32", "obase_ptr": "*i64", "vbase_ptr": "*i64"}
+    te = g("engine_tile")
+    for window in (32, 64):
+        for rank in (True, False):
+            out.append((
+                f"engine_persistent[rank={rank},TE={te},L={window}]",
+                _engine._engine_persistent_kernel,
+                eng | outs | {"tstat_ptr": "*i64", "wstat_ptr": "*i64", "bar_ptr": "*i32",
+                              "D": "i32", "stride_x": "i32"},
+                {"RANK": rank, "GATHER": not rank, "STATS": False, "TE": te, "L": window,
+                 "BK": 32, "BLOCK_N": 32, "PREC": "tf32"},
+                {"num_warps": 8},
+            ))  # fmt: skip
+        out.append((
+            f"engine_tiles[TE={te},L={window}]",
+            _engine._tiles_kernel,
+            eng | {"stat_ptr": "*i64", "D": "i32", "stride_x": "i32"},
+            {"INIT": False, "CAND": True, "GATHER": True, "STATS": False, "TE": te,
+             "L": window, "BK": 32, "BLOCK_N": 32, "PREC": "tf32"},
+            {"num_warps": 8},
         ))  # fmt: skip
     out.append((
         "pareto_rank",

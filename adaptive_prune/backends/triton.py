@@ -21,7 +21,13 @@ from typing import Any, Callable, Optional
 from .. import ops
 
 # knob name -> launcher argument name
-KNOB_ARGS = {"greedy_window": "window", "block_budget_mb": "block_budget_mb"}
+# (``greedy_engine``: "blocks" or "rows", the greedy launchers' ``engine``; its validator belongs
+# in ``backends.KNOBS``; until then ``ADAPTIVE_PRUNE_GREEDY_ENGINE`` chooses it per process)
+KNOB_ARGS = {
+    "greedy_window": "window",
+    "block_budget_mb": "block_budget_mb",
+    "greedy_engine": "engine",
+}
 
 _STATE: dict[str, Any] = {}
 

@@ -187,7 +187,7 @@ def variants():
                               "D": "i32", "stride_x": "i32"},
                 {"RANK": rank, "GATHER": not rank, "STATS": False, "TE": te, "L": window,
                  "BK": 32, "BLOCK_N": 32, "PREC": "tf32"},
-                {"num_warps": 8},
+                {"num_warps": _engine.engine_warps(window)},
             ))  # fmt: skip
         out.append((
             f"engine_tiles[TE={te},L={window}]",
@@ -195,7 +195,7 @@ def variants():
             eng | {"stat_ptr": "*i64", "D": "i32", "stride_x": "i32"},
             {"INIT": False, "CAND": True, "GATHER": True, "STATS": False, "TE": te,
              "L": window, "BK": 32, "BLOCK_N": 32, "PREC": "tf32"},
-            {"num_warps": 8},
+            {"num_warps": _engine.engine_warps(window)},
         ))  # fmt: skip
     out.append((
         "pareto_rank",

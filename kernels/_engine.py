@@ -289,7 +289,9 @@ def _engine_persistent_kernel(
     TE: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
-    """The whole engine in one launch: grid <= SMs, phases separated by ``_grid_barrier``."""
+    """The whole engine in one launch: grid <= SMs, phases separated by ``_grid_barrier``.
+    Data written by other programs (``cand``, ``acc``, ``sel``...) is read only after a barrier
+    (release add, acquire spin: the PTX memory model's release/acquire pattern)."""
     i_p = tl.program_id(0)
     n_p = tl.num_programs(0)
     _phase_tiles(
@@ -300,7 +302,10 @@ def _engine_persistent_kernel(
     )  # fmt: skip
     epoch = 1
     _grid_barrier(bar_ptr, n_p, epoch)
-    while _unfinished(steps_ptr, done_ptr, n_seg, BLOCK_N) > 0:
+    # ``done`` changes only in phase W; every program reads it between phase T and the barrier
+    # that follows, where no phase W can run, so all programs take the same decision
+    cont = _unfinished(steps_ptr, done_ptr, n_seg, BLOCK_N)
+    while cont > 0:
         _phase_window(
             i_p, n_p, x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
             sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
@@ -315,8 +320,14 @@ def _engine_persistent_kernel(
             sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, tstat_ptr, D, stride_x,
             False, True, GATHER, STATS, TE, L, BK, BLOCK_N, PREC,
         )  # fmt: skip
+        cont = _unfinished(steps_ptr, done_ptr, n_seg, BLOCK_N)
         epoch += 1
         _grid_barrier(bar_ptr, n_p, epoch)
+
+
+def engine_warps(window: int) -> int:
+    """Warps per program on a GPU (window 32 with 8 warps spilled registers on sm_90)."""
+    return 4 if window <= 32 else 8
 
 
 def run_engine(
@@ -384,7 +395,8 @@ def run_engine(
             bar = torch.zeros(1, dtype=torch.int32, device=dev)
             _engine_persistent_kernel[(grid,)](
                 *tile_args, s["out"], s["gain"], s["obase"], s["vbase"], tstat, wstat, bar,
-                D, x.stride(0), RANK=rank, TE=TE, BLOCK_N=BLOCK_N, num_warps=8, **kw,
+                D, x.stride(0), RANK=rank, TE=TE, BLOCK_N=BLOCK_N, num_warps=engine_warps(L),
+                **kw,
             )  # fmt: skip
             launches = 1
         else:

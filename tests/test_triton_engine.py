@@ -167,3 +167,24 @@ def test_engine_is_checked():
     assert check_engine(None) in ("blocks", "rows")
     with pytest.raises(ValueError, match="greedy engine"):
         check_engine("fast")
+
+
+@pytest.mark.slow
+def test_gpu_counters_dry_run_kernel_counts_equal_the_simulation():
+    """``benchmarks/gpu_counters.py`` stands a PyTorch simulation in for the kernels on the real
+    input; its dry run checks that the kernels' own rounds and work equal the simulation's on a
+    small input (exit code 0) and prints the counters table."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+    p = subprocess.run(
+        [sys.executable, "benchmarks/gpu_counters.py", "--dry-run"], cwd=root, env=env,
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "agree = True" in p.stdout
+    assert "| stage 2 rounds | rows |" in p.stdout

@@ -51,30 +51,11 @@ FIELDS = (
 
 
 def captured_calls(x, cu, text, keep):
-    """The composition's greedy_select and global_greedy arguments for one prune() call."""
-    import adaptive_prune as ap
-    from adaptive_prune.methods import adaptive
+    """The composition's greedy_select and global_greedy arguments for one prune() call (seen
+    by a dispatch mode; ``gpu_counters.captured_calls``)."""
+    import gpu_counters
 
-    calls: dict = {}
-    saved = adaptive.ops
-
-    def grab(name):
-        fn = getattr(saved, name)
-
-        def run(*a):
-            calls[name] = a
-            return fn(*a)
-
-        return staticmethod(run)
-
-    adaptive.ops = type("Capture", (), {n: grab(n) for n in ("greedy_select", "global_greedy")}
-                        | {n: staticmethod(getattr(saved, n)) for n in saved.ALL_OPS
-                           if n not in ("greedy_select", "global_greedy")})  # fmt: skip
-    try:
-        ap.prune(x, cu, text, keep_ratio=keep)
-    finally:
-        adaptive.ops = saved
-    return calls
+    return gpu_counters.captured_calls(x, cu, text, keep)
 
 
 def cuda_ms(fn, runs=5):
@@ -154,7 +135,9 @@ def main(argv=None) -> int:
     if args.dry_run:
         x, counts, text = speed_gpu.synthetic(4, 48, 64)
     else:
-        x, counts, text = speed_gpu.real_16x576(384)
+        import gpu_counters  # the same real inputs (speed_cpu.py does not import on this branch)
+
+        x, counts, text = gpu_counters.real_16x576()
     x, text = x.to(dev), text.to(dev)
     cu = torch.tensor([0] + torch.tensor(counts).cumsum(0).tolist(), dtype=torch.int64)
     cond = _env.conditions() | {

@@ -249,7 +249,7 @@ def _rows_prologue_kernel(
 
 
 def _rows_engine(vision, po, pool, reserved, picks, ooff, eps, window, block, stats, dist,
-                 order, gains):  # fmt: skip
+                 order, gains, persistent=None):  # fmt: skip
     """Stage 2's greedy by the row engine (``_engine.py``): no pool block."""
     x = kernel_input(vision)
     dev = x.device
@@ -269,7 +269,8 @@ def _rows_engine(vision, po, pool, reserved, picks, ooff, eps, window, block, st
                  out=order, gain=gains, obase=obase, vbase=off_d)  # fmt: skip
     info = {} if stats is not None else None
     te = engine_tile(block, window)
-    acc = run_engine(x, pool, inv, po, state, rank=False, window=window, tile=te, stats=info)
+    acc = run_engine(x, pool, inv, po, state, rank=False, window=window, tile=te, stats=info,
+                     persistent=persistent)  # fmt: skip
     if stats is not None:
         from .greedy_select import _per_segment
 
@@ -295,6 +296,7 @@ def global_greedy_fwd(
     stats: Optional[torch.Tensor] = None,
     engine: Optional[str] = None,
     dist: Optional[torch.Tensor] = None,
+    persistent: Optional[bool] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``adaptive_prune::global_greedy`` on the device: ``(order [sum P] int64, gains fp32)``.
 
@@ -305,7 +307,8 @@ def global_greedy_fwd(
     over its distances (windowed engine only; benchmarks). ``engine``: ``"blocks"`` (default)
     or ``"rows"`` (``_engine.py``: no pool block; needs a window; ``stats`` then receives rounds
     and the (entry, pick) distances computed; ``dist [K]`` fp32, if given, every pool entry's
-    final running distance to the picked and reserved set, ``-inf`` for those).
+    final running distance to the picked and reserved set, ``-inf`` for those;
+    ``persistent``: force the one-launch loop on or off, default on a GPU).
     """
     dev = vision.device
     po = host_ints(pool_offsets)
@@ -328,7 +331,7 @@ def global_greedy_fwd(
     window = check_window(window)
     if check_engine(engine) == "rows" and window:
         return _rows_engine(vision, po, pool, reserved, picks, ooff, eps, window, block, stats,
-                            dist, order, gains)  # fmt: skip
+                            dist, order, gains, persistent)  # fmt: skip
     groups = block_groups(sizes, block_budget_mb)
     if len(groups) > 1:  # the pool blocks of all requests exceed the budget: a group at a time
         for a, b in groups:

@@ -273,7 +273,7 @@ def _first_pick_kernel(
     tl.store(steps_ptr + i_g, tl.maximum(b - 1, 0))
 
 
-def _rows_engine(vision, cu, budgets, eps, window, block, stats, dist):
+def _rows_engine(vision, cu, budgets, eps, window, block, stats, dist, persistent=None):
     """Stage 1's max-min greedy by the row engine (``_engine.py``): no similarity block."""
     x = kernel_input(vision)
     dev = x.device
@@ -295,8 +295,9 @@ def _rows_engine(vision, cu, budgets, eps, window, block, stats, dist):
     state = dict(lst=lst, loff=loff, lcnt=lcnt, shift=shift, steps=steps, done=done,
                  out=rank, gain=inv, obase=cu_d, vbase=torch.ones_like(lst))  # fmt: skip
     info = {} if stats is not None else None
-    acc = run_engine(x, None, inv, cu, state, rank=True, window=window,
-                     tile=engine_tile(block, window), stats=info)  # fmt: skip
+    te = engine_tile(block, window)
+    acc = run_engine(x, None, inv, cu, state, rank=True, window=window, tile=te, stats=info,
+                     persistent=persistent)  # fmt: skip
     if stats is not None:
         stats.zero_()
         stats[:, 0] = info.get("rounds", torch.zeros(n, dtype=torch.int64, device=dev))
@@ -331,6 +332,7 @@ def greedy_select_fwd(
     stats: Optional[torch.Tensor] = None,
     engine: Optional[str] = None,
     dist: Optional[torch.Tensor] = None,
+    persistent: Optional[bool] = None,
 ) -> torch.Tensor:
     """``adaptive_prune::greedy_select`` on the device. Returns ``rank [N]`` int64.
 
@@ -342,7 +344,8 @@ def greedy_select_fwd(
     only; benchmarks). ``engine``: ``"blocks"`` (default) or ``"rows"`` (``_engine.py``: no
     similarity block; max-min only, with a window; ``stats`` then receives rounds and the
     (entry, pick) distances computed; ``dist [N]`` fp32, if given, every unpicked token's final
-    running distance, ``-inf`` for picks).
+    running distance, ``-inf`` for picks; ``persistent``: force the one-launch loop on or off,
+    default on a GPU).
     """
     if mode not in ("maxmin", "maxsum"):
         raise ValueError(f"mode must be 'maxmin' or 'maxsum', got {mode!r}")
@@ -350,7 +353,8 @@ def greedy_select_fwd(
     if engine == "rows" and mode == "maxmin" and check_window(window) and vision.shape[0]:
         cu = host_ints(cu_seqlens)
         if len(cu) > 1:
-            return _rows_engine(vision, cu, budgets, eps, check_window(window), block, stats, dist)
+            w = check_window(window)
+            return _rows_engine(vision, cu, budgets, eps, w, block, stats, dist, persistent)
     dev = vision.device
     N = vision.shape[0]
     cu = host_ints(cu_seqlens)

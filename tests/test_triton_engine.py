@@ -143,6 +143,35 @@ def test_rows_engine_equals_step_loop_on_ties(device, seed):
     assert torch.equal(gains, s_g)
 
 
+def test_persistent_kernel_matches_reference_and_phase_launches(device):
+    """The GPU path's one-launch loop (``_engine_persistent_kernel``: phases, device-wide
+    barriers, the loop's exit) run here with one program under the interpreter (the barrier
+    never waits) or on all SMs with CUDA: the same outputs as the reference and the
+    phase-per-launch path, ties included."""
+    x, g = tie_tokens(3)
+    x = x.to(device)
+    cu = torch.tensor([0, 70, 71, 71, 150])
+    budgets = torch.tensor([60, 1, 0, 80])
+    kw = dict(window=16, block=16, engine="rows")
+    one = greedy_select_fwd(x, cu, budgets, "maxmin", EPS, persistent=True, **kw)
+    assert torch.equal(one, greedy_select_fwd(x, cu, budgets, "maxmin", EPS, window=0))
+    xg, _ = gaussian(150)
+    xg = xg.to(device)
+    one = greedy_select_fwd(xg, cu, budgets, "maxmin", EPS, persistent=True, **kw)
+    assert torch.equal(one.cpu(), ref.greedy_select(xg.cpu(), cu, budgets, "maxmin", EPS))
+    pool = torch.randperm(150, generator=g)[:110].to(device)
+    po = torch.tensor([0, 60, 60, 110])
+    reserved = torch.zeros(110, dtype=torch.bool, device=device)
+    reserved[[3, 70]] = True
+    picks = [45, 0, 50]
+    o, gains = global_greedy_fwd(xg, pool, po, reserved, picks, EPS, persistent=True, **kw)
+    wo, wg = ref.global_greedy(xg.cpu(), pool.cpu(), po, reserved.cpu(), picks, EPS)
+    assert torch.equal(o.cpu(), wo)
+    torch.testing.assert_close(gains.cpu(), wg, atol=2e-6, rtol=0)
+    o2, g2 = global_greedy_fwd(xg, pool, po, reserved, picks, EPS, persistent=False, **kw)
+    assert torch.equal(o, o2) and torch.equal(gains, g2)
+
+
 def test_rows_engine_stats_and_no_picks(device):
     """Rounds and distance work are reported; budgets of 0 and P = reserved make no round."""
     x, g = gaussian(64)

@@ -58,7 +58,9 @@ BYTES = 2  # bf16
 HBM_TBS = 4.8  # H200 HBM3e, datasheet
 TC_TFLOPS = 600.0  # realistic dense bf16 tensor-core rate for 64x64 tiles (datasheet ~990)
 BARRIER_US = 1.5  # one device-wide barrier over <= 132 resident programs (atomic + spin)
-WINDOW_US = 6.0  # phase W of one round: merge of candidates, L x L x D dot, L on-chip steps
+WINDOW_US = 4.0  # phase W of one round without the merges: L x L x D dot, L on-chip steps
+MERGE_US = 1.5  # phase W: one merge of a tile's L candidates (a tl.sort of 2L int64 keys)
+TILE = 512  # entries per tile on a GPU (CONFIGS["engine_tile"])
 LAUNCH_US = 4.0  # one kernel launch outside a CUDA graph
 EAGER_US = 6.0  # one small eager PyTorch op (dispatch + launch)
 SKETCH_DIM = 32  # dimension of the (simulated) sketch bound
@@ -404,7 +406,9 @@ def main(argv=None) -> int:
         # phase W (stage 1: images side by side, so the longest image's rounds)
         mem_ms = byts / (HBM_TBS * 1e12) * 1e3
         mma_ms = flops / (TC_TFLOPS * 1e12) * 1e3
-        fixed_ms = rounds * (2 * BARRIER_US + WINDOW_US) * 1e-3
+        seg = calls["greedy_select"][1] if stage == "stage 1" else calls["global_greedy"][2]
+        tiles = max(-(-m // TILE) for m in (seg[1:] - seg[:-1]).tolist())
+        fixed_ms = rounds * (2 * BARRIER_US + WINDOW_US + MERGE_US * tiles) * 1e-3
         row(f"{stage} model: predicted engine time", "rows",
             round(max(mem_ms, mma_ms) + fixed_ms, 3), "ms (H200)",
             f"max(mem {mem_ms:.3f}, mma {mma_ms:.3f}) + fixed {fixed_ms:.3f}")  # fmt: skip
@@ -453,8 +457,8 @@ def main(argv=None) -> int:
         print(f"prune counted with engine {engine}", flush=True)
     print(f"\n{cond['device']}, {shape} {'synthetic' if args.dry_run else 'real'} tokens, keep "
           f"{keep:.0%}, window {L}; model: HBM {HBM_TBS} TB/s, MMA {TC_TFLOPS} TFLOP/s, "
-          f"barrier {BARRIER_US} us, phase W {WINDOW_US} us, launch {LAUNCH_US} us, eager op "
-          f"{EAGER_US} us\n")  # fmt: skip
+          f"barrier {BARRIER_US} us, phase W {WINDOW_US} us + {MERGE_US} us per tile of "
+          f"{TILE}, launch {LAUNCH_US} us, eager op {EAGER_US} us\n")  # fmt: skip
     print("| what | engine | value | unit | note |")
     print("|---|---|---:|---|---|")
     for r in rows:

@@ -50,6 +50,31 @@ MAX_REG_BLOCK = 8192
 DEFAULT_WINDOW = 64
 
 
+# Greedy engine of the max-min loops: "blocks" (per-segment similarity blocks, then the windowed
+# or step loops of _maxmin.py / the launchers) or "rows" (_engine.py: no block, distances
+# recomputed on the fly by tensor-core dots, many programs per segment). Same outputs.
+# "blocks" until a GPU run has measured the row engine (docs/kernels.md); callers choose per call
+# (the routing layer's knob ``greedy_engine``).
+ENGINES = ("blocks", "rows")
+DEFAULT_ENGINE = "blocks"
+
+
+def check_engine(e: Optional[str]) -> str:
+    """The greedy engine to use: ``e``, else ``DEFAULT_ENGINE``."""
+    if e is None:
+        e = DEFAULT_ENGINE
+    if e not in ENGINES:
+        raise ValueError(f"greedy engine must be one of {ENGINES}, got {e!r}")
+    return e
+
+
+def engine_tile(block: Optional[int], window: int) -> int:
+    """Entries per tile of the row engine: ``block`` (tests) or the config, a multiple of the
+    window."""
+    te = cfg("engine_tile") if block is None else int(block)
+    return max(window, cdiv(te, window) * window)
+
+
 class Unsupported(Exception):
     """Raised by a launcher for an input its kernel does not take (the routing layer then runs
     the reference instead); the message says why."""
@@ -121,6 +146,9 @@ CONFIGS = {
     # Chunk of the windowed max-min engine's passes over its running distances (per-lane
     # partials, one block reduction per pass); with 8 warps, no spills for sm_90.
     "window_chunk": (2048, 8192),
+    # Row engine (_engine.py): entries per tile (one program's slice of the running distances;
+    # its best L come from merges of 2L keys).
+    "engine_tile": (512, 64),
     # Row tiles of the one-pass budget kernel: 64 rows x 64 columns per load, 8 warps.
     "rows_tile": (64, 64),
     "budget_cols": (64, 128),

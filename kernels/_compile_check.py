@@ -21,10 +21,25 @@ import time
 
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 
+# Integer arguments the kernels leave specialised (not in ``do_not_specialize``): on a GPU the
+# runtime sees them divisible by 16 for the shapes that matter (D = 3584, contiguous rows), as it
+# sees every pointer from the caching allocator 16-byte aligned. The check compiles that case.
+ALIGNED_INTS = {"D", "stride_x", "stride_y", "stride_t"}
+
+
+def aligned_attrs(fn, signature: dict) -> dict:
+    """Triton's ``tt.divisibility = 16`` attribute for every pointer and ``ALIGNED_INTS`` arg."""
+    return {
+        (fn.arg_names.index(k),): [["tt.divisibility", 16]]
+        for k, ty in signature.items()
+        if ty.startswith("*") or (k in ALIGNED_INTS and ty.startswith("i"))
+    }
+
 
 def variants():
     """(name, kernel, signature, constexprs, options) of every launch configuration used."""
     from . import (
+        _engine,
         allocate_budgets,
         budget_scores,
         global_greedy,
@@ -102,7 +117,7 @@ def variants():
              "sq_ptr": "*fp32", "limg_ptr": "*fp32", "zimg_ptr": "*fp32", "dintra_ptr": "*fp32",
              "mult_ptr": "*fp32", "att_ptr": "*fp32", "dinter_ptr": "*fp32", "D": "i32",
              "MT": "i32", "sigma": "fp32", "eps": "fp32"},
-            {"HAS_TEXT": text, "BN": 32, "BD": 64, "BMT": 64},
+            {"HAS_TEXT": text, "BN": 32, "BD": 32, "BMT": 64},
             {"num_warps": 8},
         ))  # fmt: skip
     for bn in (64, 2048):
@@ -154,6 +169,33 @@ def variants():
              "acc_ptr": "*fp32", "win_ptr": "*i64", "wv_ptr": "*fp32", "stats_ptr": "*i64"},
             {"BLOCK": block, "L": window, "STATS": False},
             {"num_warps": warps},
+        ))  # fmt: skip
+    # the row engine: the persistent kernel (GPU path) and the per-phase kernels
+    eng = {"x_ptr": "*bf16", "rows_ptr": "*i64", "inv_ptr": "*fp32", "acc_ptr": "*fp32",
+           "off_ptr": "*i64", "tcum_ptr": "*i64", "n_seg": "i32", "n_tiles": "i32",
+           "lst_ptr": "*i64", "loff_ptr": "*i64", "lcnt_ptr": "*i64", "shift_ptr": "*i64",
+           "sel_ptr": "*i64", "nsel_ptr": "*i64", "steps_ptr": "*i64", "done_ptr": "*i64",
+           "cand_ptr": "*i64", "nxt_ptr": "*i64"}  # fmt: skip
+    outs = {"out_ptr": "*i64", "gain_ptr": "*fp32", "obase_ptr": "*i64", "vbase_ptr": "*i64"}
+    te = g("engine_tile")
+    for window in (32, 64):
+        for rank in (True, False):
+            out.append((
+                f"engine_persistent[rank={rank},TE={te},L={window}]",
+                _engine._engine_persistent_kernel,
+                eng | outs | {"tstat_ptr": "*i64", "wstat_ptr": "*i64", "bar_ptr": "*i32",
+                              "D": "i32", "stride_x": "i32"},
+                {"RANK": rank, "GATHER": not rank, "STATS": False, "TE": te, "L": window,
+                 "BK": 32, "BLOCK_N": 32, "PREC": "tf32"},
+                {"num_warps": _engine.engine_warps(window)},
+            ))  # fmt: skip
+        out.append((
+            f"engine_tiles[TE={te},L={window}]",
+            _engine._tiles_kernel,
+            eng | {"stat_ptr": "*i64", "D": "i32", "stride_x": "i32"},
+            {"INIT": False, "CAND": True, "GATHER": True, "STATS": False, "TE": te,
+             "L": window, "BK": 32, "BLOCK_N": 32, "PREC": "tf32"},
+            {"num_warps": _engine.engine_warps(window)},
         ))  # fmt: skip
     out.append((
         "pareto_rank",
@@ -224,7 +266,8 @@ def main(argv=None) -> int:
         signature.update({k: "constexpr" for k in const})
         t0 = time.perf_counter()
         try:
-            k = triton.compile(ASTSource(fn, signature, const), target=target, options=opts)
+            src = ASTSource(fn, signature, const, aligned_attrs(fn, sig))
+            k = triton.compile(src, target=target, options=opts)
         except Exception as exc:  # report every failure, not just the first
             bad += 1
             msg = str(exc).strip().splitlines()

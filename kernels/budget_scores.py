@@ -51,7 +51,7 @@ from ._common import (
 )
 
 
-@triton.jit(do_not_specialize=["n", "D", "stride_x", "stride_t", "MT", "eps", "tau_a"])
+@triton.jit(do_not_specialize=["n", "MT", "eps", "tau_a"])
 def _budget_scores_tile_kernel(
     x_ptr,  # [N, D]
     t_ptr,  # [M, D] text (HAS_TEXT)
@@ -124,7 +124,7 @@ def _budget_scores_tile_kernel(
             tl.store(lsum_ptr + i_t * MT + o_j, ls, mask=m_j)
 
 
-@triton.jit(do_not_specialize=["D", "MT"])
+@triton.jit(do_not_specialize=["MT"])
 def _budget_scores_image_kernel(
     tcum_ptr,  # [n+1] int64
     ireq_ptr,  # [n] int64
@@ -175,7 +175,7 @@ def _budget_scores_image_kernel(
                 tl.store(zimg_ptr + i_k * MT + o_j, z, mask=m_j)
 
 
-@triton.jit(do_not_specialize=["D", "MT", "sigma", "eps"])
+@triton.jit(do_not_specialize=["MT", "sigma", "eps"])
 def _budget_scores_request_kernel(
     cu_ptr,  # [n+1] int64
     ro_ptr,  # [R+1] int64
@@ -369,10 +369,11 @@ def budget_scores_fwd(
             )  # fmt: skip
         max_nr = max(sizes_of(ro)) if R else 1
         BN = min(32, max(16, next_pow2(max_nr)))
+        # column step 32: with D specialised (aligned, vectorised loads) 64 spilled on sm_90
         _budget_scores_request_kernel[(R,)](
             cu_d, ro_d, to_d, s, sq, limg, zimg, d_intra, mult, att, d_inter,
             D, MTs, float(sigma), float(eps),
-            HAS_TEXT=has_text, BN=BN, BD=min(64, max(16, next_pow2(D))), BMT=BMT, num_warps=8,
+            HAS_TEXT=has_text, BN=BN, BD=min(32, max(16, next_pow2(D))), BMT=BMT, num_warps=8,
         )  # fmt: skip
     return d_intra, mult, att, d_inter
 

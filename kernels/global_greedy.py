@@ -32,17 +32,21 @@ from ._common import (
     MAX_REG_BLOCK,
     block_groups,
     cfg,
+    check_engine,
     check_window,
     empty,
+    engine_tile,
     greedy_warps,
     host_ints,
+    kernel_input,
     next_pow2,
     pack,
     set_device,
     sizes_of,
 )
+from ._engine import run_engine
 from ._maxmin import maxmin_rounds
-from .token_similarity import similarity_blocks
+from .token_similarity import row_inv_norms, similarity_blocks
 
 
 @triton.jit
@@ -217,6 +221,67 @@ def _global_greedy_window_kernel(
         )
 
 
+@triton.jit
+def _rows_prologue_kernel(
+    off_ptr,  # [R+1] int64 pool offsets
+    res_ptr,  # [K] uint8 reserved mask
+    picks_ptr,  # [R] int64 P_r
+    ooff_ptr,  # [R+1] int64 output offsets
+    order_ptr,  # [sum P] int64 out: the reserved positions first
+    gain_ptr,  # [sum P] fp32 out
+    lcnt_ptr,  # [R] int64 out: reserved rows the engine applies first (0 without steps)
+    steps_ptr,  # [R] int64 out: greedy picks after the reserved ones
+    obase_ptr,  # [R] int64 out: output slot of the first greedy pick
+    BLOCK: tl.constexpr,
+):
+    """Row engine prologue, one program per request: the reserved positions (pool order, gain
+    +inf) and the engine's initial list (those same output entries, pool positions)."""
+    i_r = tl.program_id(0).to(tl.int64)
+    a = tl.load(off_ptr + i_r)
+    K = tl.load(off_ptr + i_r + 1) - a
+    P = tl.load(picks_ptr + i_r)
+    o0 = tl.load(ooff_ptr + i_r)
+    n_res = _reserved_first(res_ptr, a, K, P, order_ptr + o0, gain_ptr + o0, BLOCK)
+    steps = tl.maximum(tl.minimum(P, K) - n_res, 0)
+    tl.store(lcnt_ptr + i_r, tl.where(steps > 0, n_res, 0))
+    tl.store(steps_ptr + i_r, steps)
+    tl.store(obase_ptr + i_r, o0 + n_res)
+
+
+def _rows_engine(vision, po, pool, reserved, picks, ooff, eps, window, block, stats, dist,
+                 order, gains, persistent=None):  # fmt: skip
+    """Stage 2's greedy by the row engine (``_engine.py``): no pool block."""
+    x = kernel_input(vision)
+    dev = x.device
+    R = len(po) - 1
+    Q = po[-1]
+    pool = pool.to(device=dev, dtype=torch.int64).contiguous()
+    res = reserved.to(device=dev, dtype=torch.bool).contiguous().view(torch.uint8)
+    off_d, picks_d, ooff_d = pack([po, picks, ooff], dev)
+    inv = row_inv_norms(x, Q, eps, pool)
+    lcnt, steps, obase, done = torch.zeros(4, R, dtype=torch.int64, device=dev)
+    with set_device(dev):
+        _rows_prologue_kernel[(R,)](
+            off_d, res, picks_d, ooff_d, order, gains, lcnt, steps, obase,
+            BLOCK=min(cfg("window_chunk"), next_pow2(max(sizes_of(po)))), num_warps=4,
+        )  # fmt: skip
+    state = dict(lst=order, loff=ooff_d, lcnt=lcnt, shift=off_d, steps=steps, done=done,
+                 out=order, gain=gains, obase=obase, vbase=off_d)  # fmt: skip
+    info = {} if stats is not None else None
+    te = engine_tile(block, window)
+    acc = run_engine(x, pool, inv, po, state, rank=False, window=window, tile=te, stats=info,
+                     persistent=persistent)  # fmt: skip
+    if stats is not None:
+        from .greedy_select import _per_segment
+
+        stats.zero_()
+        stats[:, 0] = info.get("rounds", torch.zeros(R, dtype=torch.int64, device=dev))
+        stats[:, 1] = _per_segment(info, po, te)
+    if dist is not None:
+        dist.copy_(acc[:Q])
+    return order, gains
+
+
 def global_greedy_fwd(
     vision: torch.Tensor,
     pool: torch.Tensor,
@@ -230,6 +295,9 @@ def global_greedy_fwd(
     window: Optional[int] = None,
     block_budget_mb: Optional[float] = None,
     stats: Optional[torch.Tensor] = None,
+    engine: Optional[str] = None,
+    dist: Optional[torch.Tensor] = None,
+    persistent: Optional[bool] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``adaptive_prune::global_greedy`` on the device: ``(order [sum P] int64, gains fp32)``.
 
@@ -241,7 +309,12 @@ def global_greedy_fwd(
     ``group_offsets`` (host or device, every pool offset among them): tokens of different
     groups never cover each other; their similarity entries are set to ``-inf`` (distance
     ``+inf``) in the pool blocks, so the kernels run unchanged. The blocks stay ``K_r x K_r``
-    (the work is not yet bounded by the groups).
+    (the work is not yet bounded by the groups). ``engine``: ``"blocks"`` (default) or
+    ``"rows"`` (``_engine.py``: no pool block; needs a window and one group per request, else
+    the blocks run; ``stats`` then receives rounds and the (entry, pick) distances computed;
+    ``dist [K]`` fp32, if given, every pool entry's final running distance to the picked and
+    reserved set, ``-inf`` for those; ``persistent``: force the one-launch loop on or off,
+    default on a GPU).
     """
     dev = vision.device
     po = host_ints(pool_offsets)
@@ -262,6 +335,10 @@ def global_greedy_fwd(
     ooff = [0]
     for p in picks:
         ooff.append(ooff[-1] + p)
+    window = check_window(window)
+    if check_engine(engine) == "rows" and window and go == po:  # the row engine knows no groups
+        return _rows_engine(vision, po, pool, reserved, picks, ooff, eps, window, block, stats,
+                            dist, order, gains, persistent)  # fmt: skip
     groups = block_groups(sizes, block_budget_mb)
     if len(groups) > 1:  # the pool blocks of all requests exceed the budget: a group at a time
         for a, b in groups:

@@ -29,18 +29,24 @@ import triton.language as tl
 from ._common import (
     MAX_REG_BLOCK,
     block_groups,
+    cdiv,
     cfg,
+    check_engine,
     check_window,
     empty,
+    engine_tile,
     greedy_warps,
     host_ints,
+    kernel_input,
     next_pow2,
+    pack,
     set_device,
     sizes_of,
     upload,
 )
+from ._engine import run_engine
 from ._maxmin import maxmin_rounds
-from .token_similarity import similarity_blocks
+from .token_similarity import row_inv_norms, similarity_blocks
 
 
 @triton.jit
@@ -202,6 +208,117 @@ def _greedy_select_window_kernel(
         )
 
 
+@triton.jit
+def _first_pick_kernel(
+    x_ptr,  # [N, D]
+    inv_ptr,  # [N] fp32 inverse norms
+    cu_ptr,  # [n+1] int64
+    bud_ptr,  # [n] int64
+    s_ptr,  # [n, D] fp32 scratch: the images' sums of x̂
+    rank_ptr,  # [N] int64 out: -1, and 0 at the first pick
+    lst_ptr,  # [n] int64 out: the first pick (local), the row engine's initial list
+    lcnt_ptr,  # [n] int64 out: 1, or 0 without a pick
+    steps_ptr,  # [n] int64 out: the picks after the first
+    D,
+    stride_x,
+    BR: tl.constexpr,
+    BD: tl.constexpr,
+):
+    """Row engine prologue, one program per image: ``j_0 = argmax_i x̂_i . s_k`` (the direction
+    of ``mu_k``; ties to the lower index) from two passes over the image's rows, no block."""
+    i_g = tl.program_id(0).to(tl.int64)
+    a = tl.load(cu_ptr + i_g)
+    m = tl.load(cu_ptr + i_g + 1) - a
+    b = tl.minimum(tl.load(bud_ptr + i_g), m)
+    o_r = tl.arange(0, BR)
+    for d0 in range(0, D, BD):
+        o_d = d0 + tl.arange(0, BD)
+        col = tl.zeros((BD,), dtype=tl.float32)
+        for r0 in range(0, m, BR):
+            m_r = r0 + o_r < m
+            xb = tl.load(
+                x_ptr + (a + r0 + o_r)[:, None] * stride_x + o_d[None, :],
+                mask=m_r[:, None] & (o_d < D)[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            inv = tl.load(inv_ptr + a + r0 + o_r, mask=m_r, other=0.0)
+            col += tl.sum(xb * inv[:, None], axis=0)
+        tl.store(s_ptr + i_g * D + o_d, col, mask=o_d < D)
+    tl.debug_barrier()
+    best_v = tl.full((), float("-inf"), tl.float32)
+    best_i = tl.zeros((), dtype=tl.int64)
+    for r0 in range(0, m, BR):
+        m_r = r0 + o_r < m
+        sc = tl.zeros((BR,), dtype=tl.float32)
+        for d0 in range(0, D, BD):
+            o_d = d0 + tl.arange(0, BD)
+            xb = tl.load(
+                x_ptr + (a + r0 + o_r)[:, None] * stride_x + o_d[None, :],
+                mask=m_r[:, None] & (o_d < D)[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            sv = tl.load(s_ptr + i_g * D + o_d, mask=o_d < D, other=0.0)
+            sc += tl.sum(xb * sv[None, :], axis=1)
+        inv = tl.load(inv_ptr + a + r0 + o_r, mask=m_r, other=0.0)
+        sc = tl.where(m_r, sc * inv, float("-inf"))
+        tl.store(rank_ptr + a + r0 + o_r, tl.full((BR,), -1, tl.int64), mask=m_r)
+        v, i = tl.max(sc, axis=0, return_indices=True)
+        upd = v > best_v
+        best_i = tl.where(upd, r0 + i, best_i)
+        best_v = tl.where(upd, v, best_v)
+    tl.debug_barrier()
+    tl.store(rank_ptr + a + best_i, tl.zeros((), dtype=tl.int64), mask=b > 0)
+    tl.store(lst_ptr + i_g, best_i)
+    tl.store(lcnt_ptr + i_g, (b > 0).to(tl.int64))
+    tl.store(steps_ptr + i_g, tl.maximum(b - 1, 0))
+
+
+def _rows_engine(vision, cu, budgets, eps, window, block, stats, dist, persistent=None):
+    """Stage 1's max-min greedy by the row engine (``_engine.py``): no similarity block."""
+    x = kernel_input(vision)
+    dev = x.device
+    N, D = x.shape
+    n = len(cu) - 1
+    rank = empty(N, torch.int64, dev)
+    (cu_d,) = pack([cu], dev)
+    bud = upload(budgets, dev)
+    inv = row_inv_norms(x, N, eps)
+    zeros = torch.zeros(6, n, dtype=torch.int64, device=dev)
+    lst, lcnt, steps, done, shift, loff = zeros
+    loff.copy_(torch.arange(n, device=dev))
+    s_scr = empty((n, D), torch.float32, dev)
+    with set_device(dev):
+        _first_pick_kernel[(n,)](
+            x, inv, cu_d, bud, s_scr, rank, lst, lcnt, steps, D, x.stride(0),
+            BR=32, BD=min(128, max(16, next_pow2(D))), num_warps=4,
+        )  # fmt: skip
+    state = dict(lst=lst, loff=loff, lcnt=lcnt, shift=shift, steps=steps, done=done,
+                 out=rank, gain=inv, obase=cu_d, vbase=torch.ones_like(lst))  # fmt: skip
+    info = {} if stats is not None else None
+    te = engine_tile(block, window)
+    acc = run_engine(x, None, inv, cu, state, rank=True, window=window, tile=te, stats=info,
+                     persistent=persistent)  # fmt: skip
+    if stats is not None:
+        stats.zero_()
+        stats[:, 0] = info.get("rounds", torch.zeros(n, dtype=torch.int64, device=dev))
+        stats[:, 1] = _per_segment(info, cu, engine_tile(block, window))
+    if dist is not None:
+        dist.copy_(acc[:N])
+    return rank
+
+
+def _per_segment(info, seg, te):
+    """Sum of the tiles' work counters per segment (benchmarks)."""
+    out = []
+    t = 0
+    work = info.get("tile_work")
+    for g in range(len(seg) - 1):
+        nt = cdiv(seg[g + 1] - seg[g], te)
+        out.append(int(work[t : t + nt].sum()) if work is not None and nt else 0)
+        t += nt
+    return torch.tensor(out, dtype=torch.int64)
+
+
 def greedy_select_fwd(
     vision: torch.Tensor,
     cu_seqlens: torch.Tensor,
@@ -213,6 +330,9 @@ def greedy_select_fwd(
     window: Optional[int] = None,
     block_budget_mb: Optional[float] = None,
     stats: Optional[torch.Tensor] = None,
+    engine: Optional[str] = None,
+    dist: Optional[torch.Tensor] = None,
+    persistent: Optional[bool] = None,
 ) -> torch.Tensor:
     """``adaptive_prune::greedy_select`` on the device. Returns ``rank [N]`` int64.
 
@@ -221,10 +341,20 @@ def greedy_select_fwd(
     ``window``: picks per round of the max-min engine (default ``DEFAULT_WINDOW``, 64; 0 = one
     pick per step). Max-sum always runs one pick per step. ``stats``: an ``[n, 2]`` int64 device
     tensor that receives every image's rounds and passes over its distances (windowed engine
-    only; benchmarks).
+    only; benchmarks). ``engine``: ``"blocks"`` (default) or ``"rows"`` (``_engine.py``: no
+    similarity block; max-min only, with a window; ``stats`` then receives rounds and the
+    (entry, pick) distances computed; ``dist [N]`` fp32, if given, every unpicked token's final
+    running distance, ``-inf`` for picks; ``persistent``: force the one-launch loop on or off,
+    default on a GPU).
     """
     if mode not in ("maxmin", "maxsum"):
         raise ValueError(f"mode must be 'maxmin' or 'maxsum', got {mode!r}")
+    engine = check_engine(engine)
+    if engine == "rows" and mode == "maxmin" and check_window(window) and vision.shape[0]:
+        cu = host_ints(cu_seqlens)
+        if len(cu) > 1:
+            w = check_window(window)
+            return _rows_engine(vision, cu, budgets, eps, w, block, stats, dist, persistent)
     dev = vision.device
     N = vision.shape[0]
     cu = host_ints(cu_seqlens)

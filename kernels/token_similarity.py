@@ -60,7 +60,7 @@ from ._common import (
 MODES = {"mean": 0, "max": 1, "earlier_group_max": 2, "nearest_other_max": 3}
 
 
-@triton.jit(do_not_specialize=["Q", "D", "stride_x", "eps"])
+@triton.jit(do_not_specialize=["Q", "eps"])
 def _row_inv_norm_kernel(
     x_ptr,  # [N, D]
     rows_ptr,  # [Q] int64 (GATHER)
@@ -91,7 +91,7 @@ def _row_inv_norm_kernel(
     tl.store(out_ptr + o_q, _inv_norm(ss, eps), mask=m_q)
 
 
-@triton.jit(do_not_specialize=["n_seg", "D", "stride_x"])
+@triton.jit(do_not_specialize=["n_seg"])
 def _token_similarity_blocks_kernel(
     x_ptr,  # [N, D] input dtype, row stride stride_x
     rows_ptr,  # [Q] int64 gathered rows (GATHER) or unused
@@ -151,7 +151,7 @@ def _token_similarity_blocks_kernel(
         tl.store(out_b + o_j[:, None].to(tl.int64) * m + o_i[None, :], tl.trans(b_s), mask=lo)
 
 
-@triton.jit(do_not_specialize=["n_seg", "D", "stride_x", "stride_y", "empty_value"])
+@triton.jit(do_not_specialize=["n_seg", "empty_value"])
 def _token_similarity_reduce_kernel(
     x_ptr,  # [Nx, D] queries' source
     qrows_ptr,  # [Q] int64 (QGATHER) query rows of x

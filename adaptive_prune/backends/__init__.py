@@ -20,8 +20,10 @@ Knobs change the speed, never the result:
 - ``cpp``: ``proj_dim`` (-1 auto, 0 dense, >0 projection dims of the exact pruned greedy),
   ``num_threads`` (default ``torch.get_num_threads()``);
 - ``triton``: ``greedy_window`` (0 or a power of two in [16, 128]: picks per round of the exact
-  windowed max-min engine, 0 = one pick per step) and ``block_budget_mb`` (the most memory one
-  launch's similarity blocks may take before a batch is split into consecutive groups).
+  windowed max-min engine, 0 = one pick per step), ``block_budget_mb`` (the most memory one
+  launch's similarity blocks may take before a batch is split into consecutive groups) and
+  ``greedy_engine`` (``"blocks"``, the default, or ``"rows"``: the row engine without
+  similarity blocks, opt-in until a GPU has measured it).
 """
 
 from __future__ import annotations
@@ -70,7 +72,11 @@ KNOBS: dict[str, dict[str, Callable[[Any], Optional[str]]]] = {
         "proj_dim": _int_knob(-1, "-1 (auto), 0 (dense) or a positive int"),
         "num_threads": _int_knob(1, "an int >= 1"),
     },
-    "triton": {"greedy_window": _window, "block_budget_mb": _megabytes},
+    "triton": {
+        "greedy_window": _window,
+        "block_budget_mb": _megabytes,
+        "greedy_engine": lambda v: None if v in ("blocks", "rows") else '"blocks" or "rows"',
+    },
 }
 
 _local = threading.local()

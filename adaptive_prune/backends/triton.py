@@ -22,7 +22,11 @@ from typing import Any, Callable, Optional
 from .. import ops
 
 # knob name -> launcher argument name
-KNOB_ARGS = {"greedy_window": "window", "block_budget_mb": "block_budget_mb"}
+KNOB_ARGS = {
+    "greedy_window": "window",
+    "block_budget_mb": "block_budget_mb",
+    "greedy_engine": "engine",
+}
 
 _STATE: dict[str, Any] = {}
 

@@ -1,0 +1,479 @@
+"""Counters of the GPU path that a CPU can measure, and what they predict for one H200.
+
+Runs the real kernels (the Triton interpreter on a CPU) on the real 16 x 576 inputs of the
+speed benchmarks, keep 25 %, 64 text tokens, and counts:
+
+- per greedy stage and engine (``blocks``: similarity blocks + the windowed loop of
+  ``_maxmin.py``; ``rows``: ``_engine.py``, no block): picks, rounds, picks per round, the
+  (entry, pick) distances the row engine computes (its "rows recomputed", in units of one
+  distance), and the bytes each pick reads from ``vision`` under a stated tile model;
+- per ``prune`` call: Triton launches (by kernel) and the eager PyTorch ops of the composition
+  between the ops (aten ops seen by a dispatch mode, which does not see inside a custom op's
+  implementation), with each engine;
+- that both engines return the same picks and gains.
+
+Then it applies a small model (below, constants printed) to turn the counters into predicted
+GPU times, so that the first GPU run (``benchmarks/gpu_check.sh`` + ``greedy_rounds.py``)
+confirms or refutes it. Nothing here is a GPU measurement.
+
+Usage::
+
+    python benchmarks/gpu_counters.py             # writes benchmarks/results/gpu_counters.csv
+    python benchmarks/gpu_counters.py --dry-run   # small synthetic input, nothing written
+
+The real tokens are 384-dim (the speed benchmarks lift them to D = 3584 by an orthogonal map,
+which keeps every cosine, so picks and counts are the same); byte and flop counts are given
+for D = 3584 bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [p for p in (str(REPO), str(REPO / "benchmarks")) if p not in sys.path]
+
+import _env  # noqa: E402
+
+OUT = REPO / "benchmarks" / "results" / "gpu_counters.csv"
+FIELDS = (
+    "date git_commit machine cpu device torch triton shape keep_ratio what engine window tile "
+    "value unit note"
+).split()
+
+# --- the model (assumptions, to be confirmed or refuted by the first GPU run) -----------------
+D_MODEL = 3584  # hidden size of the benchmark (Qwen2.5-VL-7B)
+BYTES = 2  # bf16
+HBM_TBS = 4.8  # H200 HBM3e, datasheet
+TC_TFLOPS = 600.0  # realistic dense bf16 tensor-core rate for 64x64 tiles (datasheet ~990)
+BARRIER_US = 1.5  # one device-wide barrier over <= 132 resident programs (atomic + spin)
+WINDOW_US = 4.0  # phase W of one round without the merges: L x L x D dot, L on-chip steps
+MERGE_US = 1.5  # phase W: one merge of a tile's L candidates (a tl.sort of 2L int64 keys)
+TILE = 512  # entries per tile on a GPU (CONFIGS["engine_tile"])
+LAUNCH_US = 4.0  # one kernel launch outside a CUDA graph
+EAGER_US = 6.0  # one small eager PyTorch op (dispatch + launch)
+SKETCH_DIM = 32  # dimension of the (simulated) sketch bound
+
+
+class LaunchCounter:
+    """Counts Triton launches by kernel name and the aten ops dispatched outside them."""
+
+    def __init__(self):
+        self.launches = collections.Counter()
+        self.eager = collections.Counter()
+        self.inside = 0
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from triton.runtime.jit import KernelInterface
+
+        counter = self
+        self._orig = KernelInterface.__getitem__
+
+        def getitem(kernel, grid):
+            launch = counter._orig(kernel, grid)
+
+            def run(*a, **k):
+                name = getattr(kernel, "fn", kernel)
+                counter.launches[getattr(name, "__name__", str(name))] += 1
+                counter.inside += 1
+                try:
+                    return launch(*a, **k)
+                finally:
+                    counter.inside -= 1
+
+            return run
+
+        KernelInterface.__getitem__ = getitem
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if not counter.inside:
+                    counter.eager[str(func.overloadpacket.__name__)] += 1
+                return func(*args, **(kwargs or {}))
+
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        from triton.runtime.jit import KernelInterface
+
+        self._mode.__exit__(*exc)
+        KernelInterface.__getitem__ = self._orig
+        return False
+
+
+def real_16x576(text_rows: int = 64):
+    """The 16 real 576-token images of the speed benchmarks (384-dim) and 64 text rows: the
+    same selection as ``speed_cpu.real_576`` + ``speed_gpu.real_16x576`` (without the lift),
+    repeated here because those scripts do not import on this branch while they are rewritten.
+    """
+    import math
+
+    import numpy as np
+
+    fx = np.load(REPO / "adaptive_prune" / "data" / "real_tokens.npz", allow_pickle=False)
+    parts = []
+    cu = fx["cu_seqlens"]
+    for i in range(len(cu) - 1):
+        if cu[i + 1] - cu[i] == 576:
+            parts.append(fx["tokens"][cu[i] : cu[i + 1]].astype(np.float32))
+    bench = np.load(REPO / "benchmarks" / "data" / "bench_tokens.npz", allow_pickle=False)
+    for prefix in bench["index"]:
+        c = bench[f"{prefix}/cu_seqlens"]
+        for i in range(len(c) - 1):
+            if c[i + 1] - c[i] != 576:
+                continue
+            t = bench[f"{prefix}/tokens"][c[i] : c[i + 1]].astype(np.float32)
+            if any(np.array_equal(t, p) for p in parts):  # an exact copy: make it a near-dup
+                rng = np.random.default_rng(len(parts))
+                scale = 0.05 * np.linalg.norm(t, axis=1, keepdims=True) / math.sqrt(t.shape[1])
+                t = t + (rng.standard_normal(t.shape) * scale).astype(np.float32)
+            parts.append(t)
+    assert len(parts) == 16, f"expected 16 images of 576 tokens, got {len(parts)}"
+    x = torch.from_numpy(np.concatenate(parts))
+    q = torch.from_numpy(fx["query_tokens"].astype(np.float32))
+    g = torch.Generator().manual_seed(1)
+    extra = q[torch.randint(0, q.shape[0], (text_rows - q.shape[0],), generator=g)]
+    extra = extra + 0.1 * torch.randn(extra.shape, generator=g) * extra.std()
+    return x, [576] * 16, torch.cat([q, extra])[:text_rows]
+
+
+def cuda_ms(fn, runs: int = 5):
+    """Median CUDA-event time (ms) of ``fn`` after a warm-up; None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    fn()
+    out = []
+    for _ in range(runs):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        out.append(a.elapsed_time(b))
+    return sorted(out)[len(out) // 2]
+
+
+def captured_calls(x, cu, text, keep):
+    """The greedy ops' arguments in one ``prune`` call (seen by a dispatch mode)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import adaptive_prune as ap
+
+    calls = {}
+
+    class Grab(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = str(func.overloadpacket.__name__)
+            if name in ("greedy_select", "global_greedy"):
+                calls[name] = args
+            return func(*args, **(kwargs or {}))
+
+    with ap.backend("reference"), Grab():
+        ap.prune(x, cu, text, keep_ratio=keep)
+    return calls
+
+
+def prune_counts(x, cu, text, keep, engine):
+    """Launches and eager ops of one ``prune`` call on the Triton backend with ``engine``."""
+    import adaptive_prune as ap
+
+    with ap.backend("triton", greedy_engine=engine), LaunchCounter() as c:
+        ap.prune(x, cu, text, keep_ratio=keep)
+    return c
+
+
+def simulate(xh: torch.Tensor, init: list[int], steps: int, L: int, apply_init: bool) -> dict:
+    """The row engine's rounds on one segment, in PyTorch (fp32 distances ``1 - x̂ x̂^T``):
+    the window (the ``L`` best in greedy order), the bound (the ``(L+1)``-th), the exact picks
+    of a round, and the work phase T does ((entry, pick) pairs of the ``L x L`` tiles of
+    sub-tiles that hold a live entry). Returns rounds, work, picks, gains."""
+    K = xh.shape[0]
+    dist = 1.0 - xh @ xh.T
+    # the sketch bound of docs/kernels.md (not built): the top-SKETCH_DIM principal directions
+    # of the segment's x̂ (uncentred), cos(i, j) <= p_i . p_j + r_i r_j; a tile needs no exact
+    # dot when 1 - ub - margin >= acc_i for all its live entries and the round's picks
+    _, vecs = torch.linalg.eigh((xh.T @ xh).double())
+    basis = vecs[:, -SKETCH_DIM:].float()
+    pk = xh @ basis
+    res = (1.0 - (pk * pk).sum(1)).clamp_min(0).sqrt()
+    skipped = 0
+    acc = torch.full((K,), float("inf"))
+    n_sub = -(-K // L)
+    sub = torch.arange(K) // L
+
+    def live_subtiles():
+        live = torch.zeros(n_sub, dtype=torch.bool)
+        live[sub[acc > float("-inf")]] = True
+        return int(live.sum())
+
+    work, rounds, order, gains = 0, 0, [], []
+    if init and apply_init:  # stage 1: always its first pick; stage 2: reserved, with steps
+        work += live_subtiles() * L * L * -(-len(init) // L)
+        acc = torch.minimum(acc, dist[:, init].min(dim=1).values)
+        acc[init] = float("-inf")
+    while len(order) < steps:
+        srt = torch.sort(-acc, stable=True).indices  # greedy order: value desc, index asc
+        srt = srt[acc[srt] > float("-inf")]
+        w, rest = srt[:L], srt[L:]
+        bound = (float(acc[rest[0]]), -int(rest[0])) if len(rest) else None
+        loc = acc[w].clone()
+        took = []
+        for _ in range(L):
+            if len(order) >= steps:
+                break
+            m = loc.max()
+            if m == float("-inf"):
+                break
+            p = int(torch.nonzero(loc == m).flatten()[torch.argmin(w[loc == m])])
+            j = int(w[p])
+            if bound is not None and not (float(m), -j) > bound:
+                break
+            order.append(j)
+            gains.append(float(m))
+            took.append(j)
+            loc = torch.minimum(loc, dist[w, j])
+            loc[p] = float("-inf")
+        rounds += 1
+        work += live_subtiles() * L * L
+        ub = pk @ pk[took].T + res[:, None] * res[took][None, :]  # [K, picks]
+        safe = ((1.0 - ub - 1e-5) >= acc[:, None]).all(dim=1) | (acc == float("-inf"))
+        ok_sub = torch.ones(n_sub, dtype=torch.bool)
+        ok_sub[sub[~safe]] = False
+        live = torch.zeros(n_sub, dtype=torch.bool)
+        live[sub[acc > float("-inf")]] = True
+        skipped += int((ok_sub & live).sum()) * L * L
+        acc = torch.minimum(acc, dist[:, took].min(dim=1).values)
+        acc[took] = float("-inf")
+    return dict(rounds=rounds, work=work, order=order, gains=gains, skipped=skipped)
+
+
+def stage_counters(calls, L: int) -> dict:
+    """Simulated rounds and work of both stages, and whether the picks match the reference."""
+    from adaptive_prune.ops import reference as ref
+
+    vision, cu_s, bud, mode, eps = calls["greedy_select"]
+    _, pool, po, reserved, picks, _ = calls["global_greedy"]
+    x = vision.detach().cpu().float()
+    out = {}
+    want = ref.greedy_select(x, cu_s.cpu(), bud.cpu(), mode, eps)
+    rounds, work, same, chain, skipped = [], 0, True, 0, 0
+    for k in range(cu_s.numel() - 1):
+        a, e = int(cu_s[k]), int(cu_s[k + 1])
+        b = min(int(bud[k]), e - a)
+        if b <= 0:
+            rounds.append(0)
+            continue
+        xh = ref.normalize(x[a:e], eps)
+        j0 = int(torch.nonzero(want[a:e] == 0).flatten()[0])
+        r = simulate(xh, [j0], b - 1, L, True)
+        rounds.append(r["rounds"])
+        work += r["work"]
+        skipped += r["skipped"]
+        chain = max(chain, b - 1)
+        got = torch.full((e - a,), -1, dtype=torch.int64)
+        got[[j0] + r["order"]] = torch.arange(b)
+        same &= bool(torch.equal(got, want[a:e]))
+    out["stage 1"] = dict(rounds=max(rounds), work=work, chain=chain, same=same,
+                          picks=int((want >= 1).sum()), skipped=skipped)  # fmt: skip
+    wo, wg = ref.global_greedy(x, pool.cpu(), po.cpu(), reserved.cpu(), picks, eps)
+    rounds, work, same, chain, o0, skipped = 0, 0, True, 0, 0, 0
+    for r_i in range(po.numel() - 1):
+        a, e = int(po[r_i]), int(po[r_i + 1])
+        P = int(picks[r_i])
+        res = torch.nonzero(reserved[a:e].cpu()).flatten().tolist()
+        steps = max(min(P, e - a) - len(res), 0)
+        xh = ref.normalize(x[pool[a:e].cpu()], eps)
+        r = simulate(xh, res, steps, L, steps > 0)
+        rounds += r["rounds"]
+        work += r["work"]
+        skipped += r["skipped"]
+        chain += steps
+        got = [a + j for j in res[:P]] + [a + j for j in r["order"]]
+        ref_o = wo[o0 : o0 + P].tolist()
+        if got != ref_o and same:  # where the fp32 simulation first parts from the reference
+            t = next(i for i, (u, v) in enumerate(zip(got, ref_o)) if u != v)
+            out["stage 2 first difference"] = (t, P, float(wg[o0 + t]), r["gains"][t - len(res)])
+        same &= got == ref_o
+        o0 += P
+    out["stage 2"] = dict(rounds=rounds, work=work, chain=chain, same=same, picks=chain,
+                          skipped=skipped)  # fmt: skip
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--csv", type=Path, default=OUT)
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--dry-run", action="store_true", help="4 small synthetic images; no CSV")
+    args = p.parse_args(argv)
+
+    import speed_gpu
+    from adaptive_prune.kernels.global_greedy import global_greedy_fwd
+    from adaptive_prune.kernels.greedy_select import greedy_select_fwd
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    keep, L = 0.25, args.window
+    cu_of = lambda counts: torch.tensor([0] + torch.tensor(counts).cumsum(0).tolist())  # noqa: E731
+    # 1. the kernels' own counters on a small input = the simulation's (so the simulation
+    #    stands for the kernels on the real input, which the interpreter is too slow to run)
+    xs, cs, ts = speed_gpu.synthetic(4, 48, 64)
+    xs, ts = xs.to(dev), ts.to(dev)
+    small = captured_calls(xs, cu_of(cs), ts, keep)
+    sim = stage_counters(small, L)
+    vision, cu_s, bud, mode, eps = small["greedy_select"]
+    _, pool, po, reserved, picks, _ = small["global_greedy"]
+    st1 = torch.zeros(cu_s.numel() - 1, 2, dtype=torch.int64, device=dev)
+    greedy_select_fwd(vision, cu_s, bud, mode, eps, window=L, block=L, engine="rows", stats=st1)
+    st2 = torch.zeros(po.numel() - 1, 2, dtype=torch.int64, device=dev)
+    global_greedy_fwd(vision, pool, po, reserved, picks, eps, window=L, block=L, engine="rows",
+                      stats=st2)  # fmt: skip
+    check = {
+        "stage 1": (int(st1[:, 0].max()), int(st1[:, 1].sum())),
+        "stage 2": (int(st2[:, 0].sum()), int(st2[:, 1].sum())),
+    }
+    agree = all(check[s] == (sim[s]["rounds"], sim[s]["work"]) for s in check)
+    print(f"kernel counters {check}, simulated "
+          f"{ {s: (sim[s]['rounds'], sim[s]['work']) for s in sim} }: agree = {agree}",
+          flush=True)  # fmt: skip
+    # 2. the counters on the real (or, dry run, the small) input
+    if args.dry_run:
+        x, counts, text = xs.cpu(), cs, ts.cpu()
+    else:
+        x, counts, text = real_16x576()
+    cu = cu_of(counts)
+    shape = f"{len(counts)}x{counts[0]}"
+    cond = _env.conditions() | {
+        "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (interpreter)",
+        "torch": torch.__version__,
+        "triton": _env.triton_version(),
+        "shape": shape,
+        "keep_ratio": keep,
+        "window": L,
+        "tile": L,
+    }
+    rows = []
+
+    def row(what, engine, value, unit, note=""):
+        rows.append(cond | dict(what=what, engine=engine, value=value, unit=unit, note=note))
+
+    row("kernel counters = simulation (4x48 synthetic)", "rows", agree, "bool",
+        f"kernels {check}")  # fmt: skip
+    t0 = time.perf_counter()
+    calls = captured_calls(x, cu, text, keep)
+    counters = stage_counters(calls, L)
+    print(f"simulated both stages in {time.perf_counter() - t0:.0f} s", flush=True)
+    for stage, c in [(k, v) for k, v in counters.items() if k in ("stage 1", "stage 2")]:
+        rounds, work, chain, n_picks = c["rounds"], c["work"], c["chain"], c["picks"]
+        evals = work / (L * L)  # L x L distance tiles (entries x picks)
+        byts = evals * 2 * L * D_MODEL * BYTES  # entry rows + pick rows of each tile
+        flops = work * 2 * D_MODEL
+        row(f"{stage} picks (longest chain)", "rows", chain, "picks")
+        row(f"{stage} rounds", "rows", rounds, "rounds",
+            "longest image (images run side by side)" if stage == "stage 1" else "")  # fmt: skip
+        row(f"{stage} picks per round", "rows", round(chain / max(rounds, 1), 1), "picks")
+        row(f"{stage} distances computed", "rows", work, "pairs",
+            f"{work / max(n_picks, 1):.0f} per pick, all segments")  # fmt: skip
+        row(f"{stage} rows recomputed per round", "rows", round(work / max(rounds, 1)), "pairs",
+            "live sub-tiles x L x L (entries x picks)")  # fmt: skip
+        row(f"{stage} bytes read per pick (D=3584 bf16)", "rows", round(byts / max(n_picks, 1)),
+            "bytes", "each L x L tile loads L entry + L pick rows")  # fmt: skip
+        diff = counters.get(f"{stage} first difference")
+        row(f"{stage} same picks as the reference", "rows", c["same"], "bool",
+            "" if diff is None else "simulation in fp32 torch: first difference at pick "
+            f"{diff[0]} of {diff[1]}, gain {diff[2]:.6g} (reference) vs {diff[3]:.6g}")  # fmt: skip
+        row(f"{stage} sketch bound (d={SKETCH_DIM}, not built): round work it would skip",
+            "rows", round(c["skipped"] / max(work, 1), 3), "fraction",
+            "PCA of the segment, margin 1e-5; initial lists not counted")  # fmt: skip
+        # model: per round max(bytes / HBM, flops / MMA) over all SMs, plus 2 barriers and
+        # phase W (stage 1: images side by side, so the longest image's rounds)
+        mem_ms = byts / (HBM_TBS * 1e12) * 1e3
+        mma_ms = flops / (TC_TFLOPS * 1e12) * 1e3
+        seg = calls["greedy_select"][1] if stage == "stage 1" else calls["global_greedy"][2]
+        tiles = max(-(-m // TILE) for m in (seg[1:] - seg[:-1]).tolist())
+        fixed_ms = rounds * (2 * BARRIER_US + WINDOW_US + MERGE_US * tiles) * 1e-3
+        row(f"{stage} model: predicted engine time", "rows",
+            round(max(mem_ms, mma_ms) + fixed_ms, 3), "ms (H200)",
+            f"max(mem {mem_ms:.3f}, mma {mma_ms:.3f}) + fixed {fixed_ms:.3f}")  # fmt: skip
+        vision, cu_s = calls["greedy_select"][:2]
+        po = calls["global_greedy"][2]
+        seg = cu_s if stage == "stage 1" else po
+        sizes = (seg[1:] - seg[:-1]).tolist()
+        row(f"{stage} scratch: similarity blocks", "blocks", 4 * sum(m * m for m in sizes),
+            "bytes")  # fmt: skip
+        n_t = sum(-(-m // 512) for m in sizes)
+        row(f"{stage} scratch: row engine", "rows",
+            4 * int(seg[-1]) + 8 * n_t * (L + 1) + 8 * len(sizes) * (L + 8), "bytes",
+            "acc, cand, nxt, sel, per-segment vectors (tile 512)")  # fmt: skip
+        if dev.type == "cuda":  # what the model predicts, measured (D = 3584 bf16 lift)
+            g = torch.Generator().manual_seed(0)
+            q, _ = torch.linalg.qr(torch.randn(D_MODEL, x.shape[1], generator=g,
+                                               dtype=torch.float64))  # fmt: skip
+            xd = (x.double() @ q.T).to(torch.bfloat16).to(dev)
+            a = calls["greedy_select"] if stage == "stage 1" else calls["global_greedy"]
+            for engine in ("blocks", "rows"):
+                fwd = greedy_select_fwd if stage == "stage 1" else global_greedy_fwd
+                fn = lambda e=engine, f=fwd, xd=xd, a=a: f(xd, *a[1:], window=L, engine=e)  # noqa: E731
+                row(f"{stage} measured op time", engine, cuda_ms(fn), "ms", "CUDA events")
+    # 3. launches and eager ops of one prune call (the counts do not depend on the input size:
+    #    on a GPU the row engine is one launch per stage); the small input keeps it quick
+    for engine in ("blocks", "rows"):
+        c = prune_counts(xs, cu_of(cs), ts, keep, engine)
+        n_launch = sum(c.launches.values())
+        eng_launch = c.launches["_tiles_kernel"] + c.launches["_window_kernel"]
+        gpu_launch = n_launch - eng_launch + (2 if engine == "rows" else 0)
+        row("prune: Triton launches (interpreter)", engine, n_launch, "launches",
+            " ".join(f"{k}={v}" for k, v in sorted(c.launches.items())))  # fmt: skip
+        row(
+            "prune: Triton launches (GPU)",
+            engine,
+            gpu_launch,
+            "launches",
+            "row engine: one persistent launch per stage" if engine == "rows" else "",
+        )
+        n_eager = sum(c.eager.values())
+        row("prune: eager aten ops between the ops", engine, n_eager, "ops",
+            " ".join(f"{k}={v}" for k, v in c.eager.most_common(12)))  # fmt: skip
+        row("prune: model: launch + eager overhead", engine,
+            round((gpu_launch * LAUNCH_US + n_eager * EAGER_US) * 1e-3, 3), "ms (H200)",
+            "outside a CUDA graph")  # fmt: skip
+        print(f"prune counted with engine {engine}", flush=True)
+    print(f"\n{cond['device']}, {shape} {'synthetic' if args.dry_run else 'real'} tokens, keep "
+          f"{keep:.0%}, window {L}; model: HBM {HBM_TBS} TB/s, MMA {TC_TFLOPS} TFLOP/s, "
+          f"barrier {BARRIER_US} us, phase W {WINDOW_US} us + {MERGE_US} us per tile of "
+          f"{TILE}, launch {LAUNCH_US} us, eager op {EAGER_US} us\n")  # fmt: skip
+    print("| what | engine | value | unit | note |")
+    print("|---|---|---:|---|---|")
+    for r in rows:
+        print(f"| {r['what']} | {r['engine']} | {r['value']} | {r['unit']} | {r['note']} |")
+    # the kernels' counters must equal the simulation's (the simulation's own fp32 picks may
+    # part from the reference's at a near-tie; the kernels are tested against it)
+    ok = agree
+    if args.dry_run:
+        return 0 if ok else 1
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    new = not args.csv.exists()
+    with args.csv.open("a", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        if new:
+            wr.writeheader()
+        wr.writerows(rows)
+    print(f"\nappended {len(rows)} rows to {args.csv}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

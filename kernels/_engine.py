@@ -1,0 +1,418 @@
+"""Row engine: the exact max-min greedy of both greedy ops with no similarity block, spread over
+many programs, in rounds of several exact picks (docs/kernels.md, "Engine v2").
+
+Segment ``g`` (an image in stage 1, a request's pool in stage 2) has ``K_g`` entries, entry
+``i`` being row ``rows[off[g] + i]`` of ``x`` (or row ``off[g] + i`` without ``rows``). The
+greedy keeps ``acc [K]``, the running minimum distance ``1 - cos`` of every entry to the picks
+so far (``-inf`` once picked) and repeatedly picks the largest, ties to the lower index. The
+engine makes the same picks with the same gains as the one-pick-per-step loop:
+
+- **Tiles** of ``TE`` entries (a multiple of ``L``) own their slice of ``acc``. Phase T of a
+  round, for every tile of every unfinished segment: apply the picks of the previous round
+  (``sel``, at most ``L``; the first call applies the initial list: stage 1's first pick,
+  stage 2's reserved tokens) with ``L x L`` distance tiles computed on the fly by ``tl.dot``
+  from ``x`` (``1 - (x_i . x_j) inv_i inv_j``; no block is ever stored), then write the tile's
+  ``L`` best entries in greedy order (``cand``: packed int64 keys, value then lower index) and
+  its ``(L+1)``-th best (``nxt``). Sub-tiles without a live entry are skipped.
+- Phase W, one program per unfinished segment: merge the candidates of its tiles into the
+  segment's ``L`` best (the window ``W``; running merges of ``2L`` keys by ``tl.sort``) and the
+  bound ``b`` = the best key outside ``W``: the best evicted candidate or any tile's ``nxt``.
+  Every entry outside ``W`` has a key ``<= b`` (a tile's non-candidates lie below its ``nxt``).
+  Then the ``L x L`` distance tile ``W x W`` (the same helper, so the same values as phase T
+  computes for the same pairs) and the greedy inside the window, accepting its best entry while
+  its key beats ``b``: an entry outside ``W`` can only fall, so each accepted pick is exactly
+  the sequential greedy's next pick and its window distance is exactly its gain.
+
+On a GPU ``_engine_persistent_kernel`` runs the whole loop in one launch of at most one program
+per SM, phases separated by a device-wide barrier (an atomic counter). The Triton interpreter
+runs programs one after another, where such a barrier would deadlock: there the launcher runs
+one phase per launch (``_tiles_kernel``, ``_window_kernel``) with the same bodies.
+
+Scratch: ``acc [Q]`` fp32, ``cand [T, L]`` int64, ``nxt [T]``, ``sel [n, L]`` and a few ``[n]``
+vectors: ``O(Q + T L)``, never ``O(K^2)``. After the loop ``acc`` holds every unpicked entry's
+final running-minimum distance (returned by the launchers on request).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import _locate, cdiv, empty, set_device
+from ._maxmin import _key
+
+NEG = tl.constexpr(-9223372036854775808)  # int64 min: "no candidate"
+
+
+@triton.jit
+def _pack(v, i):
+    """fp32 value and local index -> int64 key; keys order like the greedy (value descending,
+    then index ascending) and are unique within a segment."""
+    return (_key(v).to(tl.int64) << 32) + (0xFFFFFFFF - i.to(tl.int64))
+
+
+@triton.jit
+def _unpack_index(k):
+    return 0xFFFFFFFF - (k & 0xFFFFFFFF)
+
+
+@triton.jit
+def _merge(top, c, L: tl.constexpr):
+    """Keep the ``L`` largest of ``top [L] (sorted descending) + c [L]``; also return the
+    largest key dropped."""
+    s = tl.sort(tl.reshape(tl.join(top, c), (2 * L,)), descending=True)
+    hi, lo = tl.split(tl.trans(tl.reshape(s, (2, L))))
+    return hi, tl.max(lo, axis=0)
+
+
+@triton.jit
+def _dist_tile(
+    x_ptr, r_e, m_e, inv_e, r_p, m_p, inv_p, D, stride_x,
+    L: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """``[L, L]`` fp32: ``1 - cos`` of entry rows ``r_e`` (tile rows) against pick rows ``r_p``
+    (tile columns). One helper for every pair, so a pair's distance is the same in both phases."""
+    p_e = x_ptr + r_e[:, None] * stride_x
+    p_p = x_ptr + r_p[:, None] * stride_x
+    acc = tl.zeros((L, L), dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        o_k = k0 + tl.arange(0, BK)
+        m_k = o_k < D
+        b_e = tl.load(p_e + o_k[None, :], mask=m_e[:, None] & m_k[None, :], other=0.0)
+        b_p = tl.load(p_p + o_k[None, :], mask=m_p[:, None] & m_k[None, :], other=0.0)
+        acc = tl.dot(b_e, tl.trans(b_p), acc, input_precision=PREC)
+    return 1.0 - acc * inv_e[:, None] * inv_p[None, :]
+
+
+@triton.jit
+def _rows_of(rows_ptr, a, o, m, GATHER: tl.constexpr):
+    if GATHER:
+        return tl.load(rows_ptr + a + o, mask=m, other=0)
+    return a + o.to(tl.int64)
+
+
+@triton.jit
+def _phase_tiles(
+    i_p, n_p,  # this program, programs
+    x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+    lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,  # INIT: initial pick lists (local = value - shift)
+    sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, stat_ptr,
+    D, stride_x,
+    INIT: tl.constexpr, CAND: tl.constexpr, GATHER: tl.constexpr, STATS: tl.constexpr,
+    TE: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+):  # fmt: skip
+    """Phase T over tiles ``i_p, i_p + n_p, ...`` (see the module docstring)."""
+    ow = tl.arange(0, L)
+    for t in range(i_p, n_tiles, n_p):
+        g = _locate(tcum_ptr, n_seg, t, BLOCK_N)
+        a = tl.load(off_ptr + g)
+        K = tl.load(off_ptr + g + 1) - a
+        e0 = (t - tl.load(tcum_ptr + g)) * TE
+        if INIT:
+            lp = lst_ptr + tl.load(loff_ptr + g)
+            n = tl.load(lcnt_ptr + g)
+            shift = tl.load(shift_ptr + g)
+        else:
+            lp = sel_ptr + g * L
+            n = tl.load(nsel_ptr + g)
+            shift = tl.zeros((), dtype=tl.int64)
+        live_seg = tl.load(done_ptr + g) < tl.load(steps_ptr + g)
+        top = tl.full((L,), NEG, tl.int64)
+        nx = tl.full((), NEG, tl.int64)
+        work = tl.zeros((), dtype=tl.int64)
+        if (n > 0) | (CAND & live_seg) | INIT:
+            for s0 in range(0, TE, L):
+                oe = e0 + s0 + ow  # [L] local entries
+                m_e = oe < K
+                if INIT:
+                    v = tl.where(m_e, float("inf"), float("-inf"))
+                else:
+                    v = tl.load(acc_ptr + a + oe, mask=m_e, other=float("-inf"))
+                if (n > 0) & (tl.max((v > float("-inf")).to(tl.int32), axis=0) > 0):
+                    r_e = _rows_of(rows_ptr, a, oe, m_e, GATHER)
+                    inv_e = tl.load(inv_ptr + a + oe, mask=m_e, other=0.0)
+                    for c0 in range(0, n, L):  # the picks, L at a time
+                        m_p = c0 + ow < n
+                        jl = tl.load(lp + c0 + ow, mask=m_p, other=0) - shift
+                        r_p = _rows_of(rows_ptr, a, jl, m_p, GATHER)
+                        inv_p = tl.load(inv_ptr + a + jl, mask=m_p, other=0.0)
+                        d = _dist_tile(x_ptr, r_e, m_e, inv_e, r_p, m_p, inv_p, D, stride_x,
+                                       L, BK, PREC)  # fmt: skip
+                        d = tl.min(tl.where(m_p[None, :], d, float("inf")), axis=1)
+                        hit = tl.max(((oe[:, None] == jl[None, :]) & m_p[None, :]).to(tl.int32), 1)
+                        v = tl.where(hit > 0, float("-inf"), tl.minimum(v, d))
+                        work += L * L
+                    tl.store(acc_ptr + a + oe, v, mask=m_e)
+                elif INIT:
+                    tl.store(acc_ptr + a + oe, v, mask=m_e)
+                if CAND:
+                    keys = tl.where(m_e & (v > float("-inf")), _pack(v, oe), NEG)
+                    top, dropped = _merge(top, keys, L)
+                    nx = tl.maximum(nx, dropped)
+        if CAND & live_seg:
+            tl.store(cand_ptr + t * L + ow, top)
+            tl.store(nxt_ptr + t, nx)
+        if STATS:
+            tl.store(stat_ptr + t, tl.load(stat_ptr + t) + work)
+
+
+@triton.jit
+def _phase_window(
+    i_p, n_p,
+    x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
+    sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
+    out_ptr, gain_ptr, obase_ptr, vbase_ptr, stat_ptr,
+    D, stride_x,
+    RANK: tl.constexpr, GATHER: tl.constexpr, STATS: tl.constexpr,
+    L: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """Phase W over segments ``i_p, i_p + n_p, ...``: the round's exact picks."""
+    ow = tl.arange(0, L)
+    for g in range(i_p, n_seg, n_p):
+        done = tl.load(done_ptr + g)
+        steps = tl.load(steps_ptr + g)
+        n_acc = tl.zeros((), dtype=tl.int64)
+        if done < steps:
+            a = tl.load(off_ptr + g)
+            top = tl.full((L,), NEG, tl.int64)
+            bound = tl.full((), NEG, tl.int64)
+            for t in range(tl.load(tcum_ptr + g), tl.load(tcum_ptr + g + 1)):
+                top, dropped = _merge(top, tl.load(cand_ptr + t * L + ow), L)
+                bound = tl.maximum(bound, tl.maximum(dropped, tl.load(nxt_ptr + t)))
+            m_w = top != NEG
+            w_i = tl.where(m_w, _unpack_index(top), 0)  # [L] local entries, greedy order
+            loc = tl.load(acc_ptr + a + w_i, mask=m_w, other=float("-inf"))
+            r_w = _rows_of(rows_ptr, a, w_i, m_w, GATHER)
+            inv_w = tl.load(inv_ptr + a + w_i, mask=m_w, other=0.0)
+            sub = _dist_tile(x_ptr, r_w, m_w, inv_w, r_w, m_w, inv_w, D, stride_x, L, BK, PREC)
+            go = done < steps
+            obase = tl.load(obase_ptr + g)
+            vbase = tl.load(vbase_ptr + g)
+            for _ in range(L):
+                k = tl.where(m_w & (loc > float("-inf")), _pack(loc, w_i), NEG)
+                best = tl.max(k, axis=0)
+                p = tl.min(tl.where(k == best, ow, L), axis=0)
+                ok = go & (best != NEG) & (best > bound) & (done + n_acc < steps)
+                j = tl.sum(tl.where(ow == p, w_i, 0), axis=0)
+                v = tl.sum(tl.where(ow == p, loc, 0.0), axis=0)
+                if RANK:
+                    tl.store(out_ptr + obase + j, vbase + done + n_acc, mask=ok)
+                else:
+                    tl.store(out_ptr + obase + done + n_acc, vbase + j, mask=ok)
+                    tl.store(gain_ptr + obase + done + n_acc, v, mask=ok)
+                tl.store(sel_ptr + g * L + n_acc, j, mask=ok)
+                col = tl.sum(tl.where(ow[None, :] == p, sub, 0.0), axis=1)  # d(W, pick)
+                loc = tl.where(ok, tl.minimum(loc, col), loc)
+                loc = tl.where(ok & (ow == p), float("-inf"), loc)
+                n_acc += ok.to(tl.int64)
+                go = ok
+            # n_acc >= 1 (the window holds the segment's best entry); never spin
+            tl.store(done_ptr + g, tl.where(n_acc > 0, done + n_acc, steps))
+            if STATS:
+                tl.store(stat_ptr + g, tl.load(stat_ptr + g) + 1)
+        tl.store(nsel_ptr + g, n_acc)
+
+
+@triton.jit
+def _unfinished(steps_ptr, done_ptr, n_seg, BLOCK_N: tl.constexpr):
+    o = tl.arange(0, BLOCK_N)
+    c = tl.zeros((), dtype=tl.int32)
+    for g0 in range(0, n_seg, BLOCK_N):
+        m = g0 + o < n_seg
+        st = tl.load(steps_ptr + g0 + o, mask=m, other=0, volatile=True)
+        dn = tl.load(done_ptr + g0 + o, mask=m, other=0, volatile=True)
+        c += tl.sum((dn < st).to(tl.int32), axis=0)
+    return c
+
+
+@triton.jit
+def _grid_barrier(bar_ptr, n_p, epoch):
+    """Every program arrives (one release add per program), then waits until all ``n_p`` have
+    arrived for the ``epoch``-th time. Needs all programs resident (grid <= SMs)."""
+    tl.debug_barrier()
+    tl.atomic_add(bar_ptr, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")
+    while seen < epoch * n_p:
+        seen = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
+
+
+@triton.jit
+def _tiles_kernel(
+    x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+    lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
+    sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, stat_ptr,
+    D, stride_x,
+    INIT: tl.constexpr, CAND: tl.constexpr, GATHER: tl.constexpr, STATS: tl.constexpr,
+    TE: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+):  # fmt: skip
+    _phase_tiles(
+        tl.program_id(0), tl.num_programs(0),
+        x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+        lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
+        sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, stat_ptr, D, stride_x,
+        INIT, CAND, GATHER, STATS, TE, L, BK, BLOCK_N, PREC,
+    )  # fmt: skip
+
+
+@triton.jit
+def _window_kernel(
+    x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
+    sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
+    out_ptr, gain_ptr, obase_ptr, vbase_ptr, stat_ptr,
+    D, stride_x,
+    RANK: tl.constexpr, GATHER: tl.constexpr, STATS: tl.constexpr,
+    L: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    _phase_window(
+        tl.program_id(0), tl.num_programs(0),
+        x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
+        sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
+        out_ptr, gain_ptr, obase_ptr, vbase_ptr, stat_ptr, D, stride_x,
+        RANK, GATHER, STATS, L, BK, PREC,
+    )  # fmt: skip
+
+
+@triton.jit
+def _engine_persistent_kernel(
+    x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+    lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
+    sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
+    out_ptr, gain_ptr, obase_ptr, vbase_ptr, tstat_ptr, wstat_ptr, bar_ptr,
+    D, stride_x,
+    RANK: tl.constexpr, GATHER: tl.constexpr, STATS: tl.constexpr,
+    TE: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr,
+):  # fmt: skip
+    """The whole engine in one launch: grid <= SMs, phases separated by ``_grid_barrier``.
+    Data written by other programs (``cand``, ``acc``, ``sel``...) is read only after a barrier
+    (release add, acquire spin: the PTX memory model's release/acquire pattern)."""
+    i_p = tl.program_id(0)
+    n_p = tl.num_programs(0)
+    _phase_tiles(
+        i_p, n_p, x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+        lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
+        sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, tstat_ptr, D, stride_x,
+        True, True, GATHER, STATS, TE, L, BK, BLOCK_N, PREC,
+    )  # fmt: skip
+    epoch = 1
+    _grid_barrier(bar_ptr, n_p, epoch)
+    # ``done`` changes only in phase W; every program reads it between phase T and the barrier
+    # that follows, where no phase W can run, so all programs take the same decision
+    cont = _unfinished(steps_ptr, done_ptr, n_seg, BLOCK_N)
+    while cont > 0:
+        _phase_window(
+            i_p, n_p, x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
+            sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
+            out_ptr, gain_ptr, obase_ptr, vbase_ptr, wstat_ptr, D, stride_x,
+            RANK, GATHER, STATS, L, BK, PREC,
+        )  # fmt: skip
+        epoch += 1
+        _grid_barrier(bar_ptr, n_p, epoch)
+        _phase_tiles(
+            i_p, n_p, x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+            lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
+            sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, tstat_ptr, D, stride_x,
+            False, True, GATHER, STATS, TE, L, BK, BLOCK_N, PREC,
+        )  # fmt: skip
+        cont = _unfinished(steps_ptr, done_ptr, n_seg, BLOCK_N)
+        epoch += 1
+        _grid_barrier(bar_ptr, n_p, epoch)
+
+
+def engine_warps(window: int) -> int:
+    """Warps per program on a GPU (window 32 with 8 warps spilled registers on sm_90)."""
+    return 4 if window <= 32 else 8
+
+
+def run_engine(
+    x: torch.Tensor,
+    rows: Optional[torch.Tensor],
+    inv: torch.Tensor,
+    seg: list[int],
+    state: dict,
+    *,
+    rank: bool,
+    window: int,
+    tile: int,
+    persistent: Optional[bool] = None,
+    stats: Optional[dict] = None,
+) -> torch.Tensor:
+    """Run the engine over segments with host offsets ``seg``; returns ``acc`` (final running
+    distances). ``state``: device tensors prepared by the caller's prologue, all ``[n]`` int64
+    unless said: ``lst`` (initial pick lists), ``loff``, ``lcnt``, ``shift``, ``steps``,
+    ``done`` (zeros), ``out``, ``gain`` (fp32; any tensor with ``rank``), ``obase``, ``vbase``.
+    ``persistent``: one launch with device-wide barriers (default on a GPU when the tiles fit
+    one program per SM), else one launch per phase and a host read per round (interpreter).
+    ``stats``: filled with ``tile_work [T]`` ((entry, pick) distances computed per tile),
+    ``rounds [n]`` and ``launches``.
+    """
+    from ._common import INTERPRET, dot_precision, next_pow2, pack
+
+    dev = x.device
+    n = len(seg) - 1
+    L, TE = int(window), int(tile)
+    tcum = [0]
+    for g in range(n):
+        tcum.append(tcum[-1] + cdiv(seg[g + 1] - seg[g], TE))
+    T = tcum[-1]
+    off_d, tcum_d = pack([seg, tcum], dev)
+    acc = empty(max(seg[-1], 1), torch.float32, dev)
+    cand = empty((max(T, 1), L), torch.int64, dev)
+    nxt = empty(max(T, 1), torch.int64, dev)
+    sel = empty((max(n, 1), L), torch.int64, dev)
+    nsel = torch.zeros(max(n, 1), dtype=torch.int64, device=dev)
+    tstat = torch.zeros(max(T, 1), dtype=torch.int64, device=dev)
+    wstat = torch.zeros(max(n, 1), dtype=torch.int64, device=dev)
+    s = state
+    D = x.shape[1]
+    BK = min(32 if x.dtype != torch.float32 else 16, max(16, next_pow2(D)))
+    if INTERPRET:
+        BK = min(64, max(16, next_pow2(D)))
+    prec = dot_precision(x.dtype)
+    gather = rows is not None
+    rows_a = rows if gather else off_d
+    BLOCK_N = min(1024, next_pow2(n + 1))
+    tile_args = (x, rows_a, inv, acc, off_d, tcum_d, n, T, s["lst"], s["loff"], s["lcnt"],
+                 s["shift"], sel, nsel, s["steps"], s["done"], cand, nxt)  # fmt: skip
+    win_args = (x, rows_a, inv, acc, off_d, tcum_d, n, sel, nsel, s["steps"], s["done"], cand,
+                nxt, s["out"], s["gain"], s["obase"], s["vbase"])  # fmt: skip
+    kw = dict(GATHER=gather, STATS=stats is not None, L=L, BK=BK, PREC=prec)
+    launches = 0
+    if T == 0 or n == 0:
+        return acc
+    if persistent is None:
+        persistent = dev.type == "cuda" and not INTERPRET
+    with set_device(dev):
+        if persistent:
+            # every program must be resident for the barrier: at most one per SM (one program
+            # under the interpreter, where the barrier then never waits: tests run this path)
+            n_sm = 1 if INTERPRET else torch.cuda.get_device_properties(dev).multi_processor_count
+            grid = min(T, n_sm)
+            bar = torch.zeros(1, dtype=torch.int32, device=dev)
+            _engine_persistent_kernel[(grid,)](
+                *tile_args, s["out"], s["gain"], s["obase"], s["vbase"], tstat, wstat, bar,
+                D, x.stride(0), RANK=rank, TE=TE, BLOCK_N=BLOCK_N, num_warps=engine_warps(L),
+                **kw,
+            )  # fmt: skip
+            launches = 1
+        else:
+            _tiles_kernel[(T,)](*tile_args, tstat, D, x.stride(0), INIT=True, CAND=True,
+                                TE=TE, BLOCK_N=BLOCK_N, **kw)  # fmt: skip
+            launches += 1
+            while bool((s["done"][:n] < s["steps"][:n]).any()):  # a host read per round
+                _window_kernel[(n,)](*win_args, wstat, D, x.stride(0), RANK=rank, **kw)
+                _tiles_kernel[(T,)](*tile_args, tstat, D, x.stride(0), INIT=False, CAND=True,
+                                    TE=TE, BLOCK_N=BLOCK_N, **kw)  # fmt: skip
+                launches += 2
+    if stats is not None:
+        stats.update(tile_work=tstat[:T], rounds=wstat[:n], launches=launches, tiles=T)
+    return acc
+
+
+__all__ = ["run_engine"]

@@ -44,7 +44,7 @@ if not torch.cuda.is_available():
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [p for p in (str(REPO), str(REPO / "benchmarks")) if p not in sys.path]
 
-import _env  # noqa: E402
+import _harness as H  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results" / "gpu_counters.csv"
 FIELDS = (
@@ -115,42 +115,6 @@ class LaunchCounter:
         return False
 
 
-def real_16x576(text_rows: int = 64):
-    """The 16 real 576-token images of the speed benchmarks (384-dim) and 64 text rows: the
-    same selection as ``speed_cpu.real_576`` + ``speed_gpu.real_16x576`` (without the lift),
-    repeated here because those scripts do not import on this branch while they are rewritten.
-    """
-    import math
-
-    import numpy as np
-
-    fx = np.load(REPO / "adaptive_prune" / "data" / "real_tokens.npz", allow_pickle=False)
-    parts = []
-    cu = fx["cu_seqlens"]
-    for i in range(len(cu) - 1):
-        if cu[i + 1] - cu[i] == 576:
-            parts.append(fx["tokens"][cu[i] : cu[i + 1]].astype(np.float32))
-    bench = np.load(REPO / "benchmarks" / "data" / "bench_tokens.npz", allow_pickle=False)
-    for prefix in bench["index"]:
-        c = bench[f"{prefix}/cu_seqlens"]
-        for i in range(len(c) - 1):
-            if c[i + 1] - c[i] != 576:
-                continue
-            t = bench[f"{prefix}/tokens"][c[i] : c[i + 1]].astype(np.float32)
-            if any(np.array_equal(t, p) for p in parts):  # an exact copy: make it a near-dup
-                rng = np.random.default_rng(len(parts))
-                scale = 0.05 * np.linalg.norm(t, axis=1, keepdims=True) / math.sqrt(t.shape[1])
-                t = t + (rng.standard_normal(t.shape) * scale).astype(np.float32)
-            parts.append(t)
-    assert len(parts) == 16, f"expected 16 images of 576 tokens, got {len(parts)}"
-    x = torch.from_numpy(np.concatenate(parts))
-    q = torch.from_numpy(fx["query_tokens"].astype(np.float32))
-    g = torch.Generator().manual_seed(1)
-    extra = q[torch.randint(0, q.shape[0], (text_rows - q.shape[0],), generator=g)]
-    extra = extra + 0.1 * torch.randn(extra.shape, generator=g) * extra.std()
-    return x, [576] * 16, torch.cat([q, extra])[:text_rows]
-
-
 def cuda_ms(fn, runs: int = 5):
     """Median CUDA-event time (ms) of ``fn`` after a warm-up; None without CUDA."""
     if not torch.cuda.is_available():
@@ -168,22 +132,14 @@ def cuda_ms(fn, runs: int = 5):
 
 
 def captured_calls(x, cu, text, keep):
-    """The greedy ops' arguments in one ``prune`` call (seen by a dispatch mode)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
+    """The greedy ops' arguments in one ``prune`` call (seen by a dispatch mode), without the
+    method's image groups: the row engine counted here runs one group per request."""
     import adaptive_prune as ap
 
-    calls = {}
-
-    class Grab(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = str(func.overloadpacket.__name__)
-            if name in ("greedy_select", "global_greedy"):
-                calls[name] = args
-            return func(*args, **(kwargs or {}))
-
-    with ap.backend("reference"), Grab():
+    with ap.backend("reference"), H.OpCapture(("greedy_select", "global_greedy")) as cap:
         ap.prune(x, cu, text, keep_ratio=keep)
+    calls = dict(cap.args)
+    calls["global_greedy"] = tuple(calls["global_greedy"])[:6]
     return calls
 
 
@@ -321,7 +277,6 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="4 small synthetic images; no CSV")
     args = p.parse_args(argv)
 
-    import speed_gpu
     from adaptive_prune.kernels.global_greedy import global_greedy_fwd
     from adaptive_prune.kernels.greedy_select import greedy_select_fwd
 
@@ -330,7 +285,7 @@ def main(argv=None) -> int:
     cu_of = lambda counts: torch.tensor([0] + torch.tensor(counts).cumsum(0).tolist())  # noqa: E731
     # 1. the kernels' own counters on a small input = the simulation's (so the simulation
     #    stands for the kernels on the real input, which the interpreter is too slow to run)
-    xs, cs, ts = speed_gpu.synthetic(4, 48, 64)
+    xs, cs, ts = H.synthetic(4, 48, 64)
     xs, ts = xs.to(dev), ts.to(dev)
     small = captured_calls(xs, cu_of(cs), ts, keep)
     sim = stage_counters(small, L)
@@ -353,13 +308,13 @@ def main(argv=None) -> int:
     if args.dry_run:
         x, counts, text = xs.cpu(), cs, ts.cpu()
     else:
-        x, counts, text = real_16x576()
+        x, counts, text = H.real_16x576(384, text_rows=64)
     cu = cu_of(counts)
     shape = f"{len(counts)}x{counts[0]}"
-    cond = _env.conditions() | {
+    cond = H.conditions() | {
         "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (interpreter)",
         "torch": torch.__version__,
-        "triton": _env.triton_version(),
+        "triton": H.triton_version(),
         "shape": shape,
         "keep_ratio": keep,
         "window": L,

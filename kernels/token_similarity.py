@@ -28,7 +28,7 @@ loop made the tiles spill registers on sm_90):
    the queries are cast to the queries' dtype (``tl.dot`` takes one dtype).
 
 Reference: :func:`adaptive_prune.reference.token_alignment` (modes 0/1) and the brute-force
-definitions above (tests/test_triton_kernels.py).
+definitions above (tests/test_backend_triton.py).
 """
 
 from __future__ import annotations

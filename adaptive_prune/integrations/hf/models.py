@@ -1,5 +1,5 @@
-"""Per-model facts for :mod:`adaptive_prune.hf`: which classes are supported and how each one
-lays out its visual tokens and positions.
+"""Per-model facts for :mod:`adaptive_prune.integrations.hf`: which classes are supported and
+how each one lays out its visual tokens and positions.
 
 Checked against transformers 5.24.0 (``models/<name>/modeling_<name>.py``); see
 ``docs/hf.md`` for the line numbers. Everything here is read-only: nothing patches a model.
@@ -86,7 +86,7 @@ def resolve(model: nn.Module) -> tuple[ModelSpec, Optional[nn.Module], nn.Module
     spec = SPECS.get(model_type)
     if spec is None:
         raise NotImplementedError(
-            f"adaptive_prune.hf does not support {type(model).__name__} "
+            f"adaptive_prune.integrations.hf does not support {type(model).__name__} "
             f"(config.model_type={model_type!r}). Supported models: {supported}. "
             "Nothing was attached."
         )

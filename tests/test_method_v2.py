@@ -65,6 +65,9 @@ def test_single_image_groups_equal_per_image_chains():
 
 
 # ------------------------------------------------------------------ refine_medoids
+from adaptive_prune.ops.refine_medoids import TIE  # noqa: E402  (the op's tie band)
+
+
 def _naive_step(xh, img, keep, movable):
     """One refinement step, written as plain loops over clusters (docs/METHOD.md)."""
     m = xh.shape[0]
@@ -94,10 +97,12 @@ def _naive_step(xh, img, keep, movable):
             return len(members) - float(xh[c] @ tot)
 
         cand = [c for c in members if img[c] == img[j] and (c == j or c not in S)]
-        best = min(cand, key=lambda c: (cost(c), c))
-        if cost(best) < cost(j):
+        band = TIE * len(members)  # the op's tie band
+        low = min(cost(c) for c in cand)
+        best = min(c for c in cand if cost(c) <= low + band)
+        if cost(best) < cost(j) - band:
             rad = max(0.0 if i == best else 1.0 - float(xh[i] @ xh[best]) for i in members)
-            if rad <= R:
+            if rad <= R - TIE:
                 new[j] = False
                 new[best] = True
     return new

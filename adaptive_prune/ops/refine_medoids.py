@@ -18,6 +18,12 @@ from ._common import bounds, normalize
 _OP = "refine_medoids"
 
 
+# Tolerance of the step's comparisons (cosine scale, per cluster member): a move must lower the
+# cluster's cost by more than this and keep its radius below the k-centre by more than this, so
+# decisions that rounding alone would settle never move a token (stable under 1e-6 noise).
+TIE = 1e-5
+
+
 def _step(xh: torch.Tensor, img: torch.Tensor, keep: torch.Tensor, movable: torch.Tensor):
     """One refinement step on one group (see :func:`reference`); returns the new keep mask."""
     m = xh.shape[0]
@@ -40,18 +46,21 @@ def _step(xh: torch.Tensor, img: torch.Tensor, keep: torch.Tensor, movable: torc
     c_cost = torch.where(ok, cost, torch.full_like(cost, float("inf")))
     low = torch.full((c,), float("inf"), dtype=xh.dtype, device=dev)
     low = low.scatter_reduce_(0, slot, c_cost, "amin", include_self=True)
-    at_low = ok & (c_cost == low[slot])
+    # near-equal costs (a two-member cluster's members cost the same, up to rounding) are a
+    # tie: the lowest position within TIE * cluster size of the cheapest wins
+    band = TIE * size
+    at_low = ok & (c_cost <= low[slot] + band[slot])
     choice = torch.full((c,), m, dtype=torch.int64, device=dev)
     choice = choice.scatter_reduce_(
         0, slot, torch.where(at_low, pos, torch.full_like(pos, m)), "amin", include_self=True
     )  # [c] the cheapest candidate of every cluster (lowest position on ties)
-    better = (choice < m) & (low < cost[centres])
+    better = (choice < m) & (low < cost[centres] - band)
     to = torch.where(better, choice, centres)
     d_new = 1.0 - (xh * xh[to[slot]]).sum(dim=1)
     d_new = torch.where(pos == to[slot], torch.zeros_like(d_new), d_new)
     radius = torch.zeros(c, dtype=xh.dtype, device=dev)
     radius = radius.scatter_reduce_(0, slot, d_new, "amax", include_self=True)
-    move = better & (radius <= radius_now)
+    move = better & (radius <= radius_now - TIE)
     new = keep.clone()
     new[centres[move]] = False
     new[choice[move]] = True
@@ -112,9 +121,12 @@ def reference(
        that are ``j`` itself or not kept. Cost of a member ``c``: ``n_j - x̂_c . s_j`` with
        ``n_j`` the cluster's size and ``s_j`` the sum of its members' unit rows (the sum of the
        members' distances to ``c``).
-    3. The cheapest candidate ``c*`` (ties to the lower position) replaces ``j`` when it costs
-       strictly less than ``j`` and the cluster's radius ``max_{i in cluster} (1 - x̂_i .
-       x̂_c*)`` (0 for ``i = c*``) is at most ``R``. All moves of a step apply at once.
+    3. The cheapest candidate ``c*`` (the lowest position among the candidates within
+       ``TIE * n_j`` of the cheapest cost: a tie band) replaces ``j`` when it costs less than
+       ``j``'s cost minus ``TIE * n_j`` and the cluster's radius ``max_{i in cluster} (1 - x̂_i
+       . x̂_c*)`` (0 for ``i = c*``) is at most ``R - TIE``. All moves of a step apply at
+       once. The bands make decisions that rounding alone would settle (a two-member
+       cluster's members cost the same) keep the token in place.
 
     Every image keeps its count, the k-centre radius of a group never rises and the sum of
     nearest-kept distances never rises (each cluster's cost falls, then the reassignment can

@@ -10,8 +10,9 @@
 #      25 %, 64 text tokens: prune (Triton) with and without text, greedy one pick per step and
 #      window 128, the reference (no text), divprune and cdpruner, the memory and matmul
 #      floors, and the per-op split (first: the numbers that matter most);
-#   2. the GPU tests in their own process, on all cores (pytest -n): tests/test_triton_gpu.py
-#      and the interpreter-marked kernel and backend tests, compiled, on CUDA tensors;
+#   2. the GPU tests in their own process, on all cores (pytest -n): tests/test_triton_gpu.py,
+#      the Triton backend and row-engine files and the per-op files' triton/cuda cases,
+#      compiled, on CUDA tensors;
 #   3. benchmarks/speed.py, 64 x 1024 synthetic clustered tokens (window 128; no reference, no
 #      one-pick-per-step row, divprune and cdpruner only);
 #   4. benchmarks/greedy_rounds.py --quick: chain lengths and times of the greedy loops;
@@ -139,8 +140,8 @@ COMMON=(--csv "$OUTDIR/speed.csv" --png "" --baselines divprune cdpruner)
 step speed_16x576 140 "$PY" benchmarks/speed.py "${SPEED[@]}" "${COMMON[@]}" \
     --scenarios 16x576
 step pytest 180 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rfEX "${TESTS[@]}" \
-    -m "gpu or interpreter" tests/test_triton_gpu.py tests/test_triton_kernels.py \
-    tests/test_triton_backend.py
+    -m "gpu or interpreter" tests/test_triton_gpu.py tests/test_backend_triton.py \
+    tests/test_triton_engine.py tests/test_backend_routing.py tests/test_op_*.py
 step speed_64x1024 60 "$PY" benchmarks/speed.py "${SPEED[@]}" "${COMMON[@]}" \
     --scenarios 64x1024 --windows 128 --no-reference
 if [ "$DRY" -eq 1 ]; then  # the kernels interpreted on CPU tensors

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -158,3 +159,13 @@ def test_gpu_check_killed_mid_run_leaves_its_logs_and_csv(tmp_path):
     assert "- speed_16x576: rc=0" in summary, summary
     assert "## gpu_check summary" not in summary, summary  # it was killed before the end
     assert len(list(out.iterdir())) <= 8
+
+
+def test_gpu_check_names_existing_test_files():
+    """Every test file the GPU check hands to pytest exists (a missing one fails that step on
+    the GPU machine, where there is no second try)."""
+    text = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    paths = set(re.findall(r"tests/[\w*]+\.py", text))
+    assert paths
+    for p in sorted(paths):
+        assert list(ROOT.glob(p)), f"gpu_check.sh names {p}, which matches no file"

@@ -161,7 +161,7 @@ def test_the_default_body_checks_too():
     from adaptive_prune.ops import allocate_budgets
 
     with pytest.raises(ValueError, match="weights must be finite"):
-        allocate_budgets.allocate_budgets._init_fn(  # the Python body behind the custom op
+        allocate_budgets.op._init_fn(  # the Python body behind the custom op
             torch.tensor([float("inf"), 1.0]),
             torch.tensor([3, 3]),
             torch.tensor([1, 1]),

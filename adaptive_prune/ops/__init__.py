@@ -1,8 +1,10 @@
 """The method's stages as ``torch.library`` custom ops in the ``adaptive_prune`` namespace.
 
-One module per op (``adaptive_prune/ops/<op>.py``) holds its definition (schema from the type
-hints), its fake (meta) implementation for ``torch.compile`` / ``torch.export``, and its
-pure-PyTorch reference, which is also the op's default implementation on every device.
+One module per op (``adaptive_prune/ops/<op>.py``) holds its pure-PyTorch reference (whose
+signature is the op's schema), its contract ``check``, the op made from both by
+:func:`~adaptive_prune.ops._common.define` (check, then the reference: the default
+implementation on every device), and its fake (meta) implementation for ``torch.compile`` /
+``torch.export``.
 :mod:`adaptive_prune.backends` registers the faster implementations (C++ on the CPU, Triton on
 CUDA) with one loop over :data:`ALL_OPS`. The ops are inference-only: no autograd formula is
 registered and the selection outputs are integer or boolean.

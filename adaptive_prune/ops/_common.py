@@ -14,18 +14,33 @@ Ties are always broken towards the lower index (token, image or pool position).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional, Sequence
 
 import torch
 
 __all__ = [
+    "define",
     "compute_dtype",
     "normalize",
     "bounds",
     "greedy_order",
     "water_fill",
 ]
+
+
+def define(name: str, reference: Callable, check: Callable):
+    """The custom op ``adaptive_prune::<name>``: its schema is ``reference``'s signature, and its
+    default implementation (every device without a routing kernel) checks the op's contract,
+    then runs the reference. Inference-only: no autograd formula."""
+
+    def default(*args, **kwargs):
+        check(*args, **kwargs)
+        return reference(*args, **kwargs)
+
+    functools.update_wrapper(default, reference)  # name, docstring and signature
+    return torch.library.custom_op(f"adaptive_prune::{name}", default, mutates_args=())
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

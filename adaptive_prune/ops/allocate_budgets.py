@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from . import _contract as X
-from ._common import bounds, water_fill
+from ._common import bounds, define, water_fill
 
 _OP = "allocate_budgets"
 
@@ -99,22 +99,9 @@ def reference(
     return torch.tensor(out, dtype=torch.int64, device=weights.device)
 
 
-@torch.library.custom_op("adaptive_prune::allocate_budgets", mutates_args=())
-def allocate_budgets(
-    weights: torch.Tensor,
-    caps: torch.Tensor,
-    mins: torch.Tensor,
-    req_offsets: torch.Tensor,
-    totals: torch.Tensor,
-) -> torch.Tensor:
-    """Per-image budgets ``b [n]`` int64, ``sum b == totals[r]`` per request (water-filling)."""
-    check(weights, caps, mins, req_offsets, totals)
-    return reference(weights, caps, mins, req_offsets, totals)
+op = define("allocate_budgets", reference, check)
 
 
-@allocate_budgets.register_fake
+@op.register_fake
 def _(weights, caps, mins, req_offsets, totals):
     return weights.new_empty(weights.shape, dtype=torch.int64)
-
-
-op = allocate_budgets

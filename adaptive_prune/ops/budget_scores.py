@@ -9,7 +9,7 @@ import torch
 
 from .. import _checks as C
 from . import _contract as X
-from ._common import bounds, compute_dtype, normalize
+from ._common import bounds, compute_dtype, define, normalize
 
 _OP = "budget_scores"
 
@@ -109,28 +109,12 @@ def reference(
     return d_intra, mult, att, d_inter
 
 
-@torch.library.custom_op("adaptive_prune::budget_scores", mutates_args=())
-def budget_scores(
-    vision: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    req_offsets: torch.Tensor,
-    text: Optional[torch.Tensor],
-    text_offsets: Optional[torch.Tensor],
-    sigma: float,
-    tau_a: float,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stage 0. ``(d_intra [n], mult [n], att [n], d_inter [R])``, fp32 (fp64 for fp64 input)."""
-    check(vision, cu_seqlens, req_offsets, text, text_offsets, sigma, tau_a, eps)
-    return reference(vision, cu_seqlens, req_offsets, text, text_offsets, sigma, tau_a, eps)
+op = define("budget_scores", reference, check)
 
 
-@budget_scores.register_fake
+@op.register_fake
 def _(vision, cu_seqlens, req_offsets, text, text_offsets, sigma, tau_a, eps):
     cd = compute_dtype(vision.dtype)
     n, R = cu_seqlens.shape[0] - 1, req_offsets.shape[0] - 1
     one = vision.new_empty((n,), dtype=cd)
     return one, torch.empty_like(one), torch.empty_like(one), vision.new_empty((R,), dtype=cd)
-
-
-op = budget_scores

@@ -11,7 +11,7 @@ import torch
 
 from .. import _checks as C
 from . import _contract as X
-from ._common import bounds, compute_dtype, greedy_order, normalize
+from ._common import bounds, compute_dtype, define, greedy_order, normalize
 
 _OP = "global_greedy"
 
@@ -123,28 +123,13 @@ def reference(
     return order.to(dev), gain.to(dev)
 
 
-@torch.library.custom_op("adaptive_prune::global_greedy", mutates_args=())
-def global_greedy(
-    vision: torch.Tensor,
-    pool: torch.Tensor,
-    pool_offsets: torch.Tensor,
-    reserved: torch.Tensor,
-    num_picks: list[int],
-    eps: float,
-    group_offsets: Optional[torch.Tensor] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stage 2 filter. ``(order [sum P] int64 pool positions, gains [sum P] float32)``."""
-    check(vision, pool, pool_offsets, reserved, num_picks, eps, group_offsets)
-    return reference(vision, pool, pool_offsets, reserved, num_picks, eps, group_offsets)
+op = define("global_greedy", reference, check)
 
 
-@global_greedy.register_fake
+@op.register_fake
 def _(vision, pool, pool_offsets, reserved, num_picks, eps, group_offsets=None):
     total = sum(num_picks)
     return (
         vision.new_empty((total,), dtype=torch.int64),
         vision.new_empty((total,), dtype=torch.float32),
     )
-
-
-op = global_greedy

@@ -7,7 +7,7 @@ import torch
 
 from .. import _checks as C
 from . import _contract as X
-from ._common import bounds, greedy_order, normalize
+from ._common import bounds, define, greedy_order, normalize
 
 _OP = "greedy_select"
 
@@ -67,18 +67,9 @@ def reference(
     return rank
 
 
-@torch.library.custom_op("adaptive_prune::greedy_select", mutates_args=())
-def greedy_select(
-    vision: torch.Tensor, cu_seqlens: torch.Tensor, budgets: torch.Tensor, mode: str, eps: float
-) -> torch.Tensor:
-    """Stage 1. ``rank [N]`` int64: pick step of each token inside its image, -1 if unpicked."""
-    check(vision, cu_seqlens, budgets, mode, eps)
-    return reference(vision, cu_seqlens, budgets, mode, eps)
+op = define("greedy_select", reference, check)
 
 
-@greedy_select.register_fake
+@op.register_fake
 def _(vision, cu_seqlens, budgets, mode, eps):
     return vision.new_empty((vision.shape[0],), dtype=torch.int64)
-
-
-op = greedy_select

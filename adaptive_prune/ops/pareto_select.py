@@ -8,7 +8,7 @@ import math
 import torch
 
 from . import _contract as X
-from ._common import bounds
+from ._common import bounds, define
 
 _OP = "pareto_select"
 
@@ -111,18 +111,9 @@ def reference(
     return keep.to(gains.device)
 
 
-@torch.library.custom_op("adaptive_prune::pareto_select", mutates_args=())
-def pareto_select(
-    gains: torch.Tensor, align: torch.Tensor, offsets: torch.Tensor, k: list[int]
-) -> torch.Tensor:
-    """Pareto selection. Keep mask ``[K]`` bool with exactly ``k[r]`` points per segment."""
-    check(gains, align, offsets, k)
-    return reference(gains, align, offsets, k)
+op = define("pareto_select", reference, check)
 
 
-@pareto_select.register_fake
+@op.register_fake
 def _(gains, align, offsets, k):
     return gains.new_empty(gains.shape, dtype=torch.bool)
-
-
-op = pareto_select

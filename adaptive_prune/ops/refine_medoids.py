@@ -13,7 +13,7 @@ import torch
 
 from .. import _checks as C
 from . import _contract as X
-from ._common import bounds, normalize
+from ._common import bounds, define, normalize
 
 _OP = "refine_medoids"
 
@@ -152,25 +152,9 @@ def reference(
     return out
 
 
-@torch.library.custom_op("adaptive_prune::refine_medoids", mutates_args=())
-def refine_medoids(
-    vision: torch.Tensor,
-    pool: torch.Tensor,
-    group_offsets: torch.Tensor,
-    image: torch.Tensor,
-    keep: torch.Tensor,
-    movable: torch.Tensor,
-    steps: int,
-    eps: float,
-) -> torch.Tensor:
-    """Coverage refinement. New keep mask ``[K]`` bool, same count per image."""
-    check(vision, pool, group_offsets, image, keep, movable, steps, eps)
-    return reference(vision, pool, group_offsets, image, keep, movable, steps, eps)
+op = define("refine_medoids", reference, check)
 
 
-@refine_medoids.register_fake
+@op.register_fake
 def _(vision, pool, group_offsets, image, keep, movable, steps, eps):
     return keep.new_empty(keep.shape)
-
-
-op = refine_medoids

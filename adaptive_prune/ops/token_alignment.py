@@ -7,7 +7,7 @@ import torch
 
 from .. import _checks as C
 from . import _contract as X
-from ._common import bounds, normalize
+from ._common import bounds, define, normalize
 
 _OP = "token_alignment"
 
@@ -63,24 +63,9 @@ def reference(
     return out
 
 
-@torch.library.custom_op("adaptive_prune::token_alignment", mutates_args=())
-def token_alignment(
-    vision: torch.Tensor,
-    rows: torch.Tensor,
-    row_offsets: torch.Tensor,
-    text: torch.Tensor,
-    text_offsets: torch.Tensor,
-    reduce: str,
-    eps: float,
-) -> torch.Tensor:
-    """``a [K]`` float32: mean/max cosine of ``vision[rows]`` to the request's text rows."""
-    check(vision, rows, row_offsets, text, text_offsets, reduce, eps)
-    return reference(vision, rows, row_offsets, text, text_offsets, reduce, eps)
+op = define("token_alignment", reference, check)
 
 
-@token_alignment.register_fake
+@op.register_fake
 def _(vision, rows, row_offsets, text, text_offsets, reduce, eps):
     return vision.new_empty((rows.shape[0],), dtype=torch.float32)
-
-
-op = token_alignment

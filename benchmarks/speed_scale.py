@@ -41,7 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [p for p in (str(REPO), str(REPO / "benchmarks")) if p not in sys.path]
 
-import _env  # noqa: E402
+import _harness as _env  # noqa: E402
 
 import adaptive_prune as ap  # noqa: E402
 from adaptive_prune import backends  # noqa: E402
@@ -227,7 +227,7 @@ def main() -> None:
         return
     new = not CSV.exists()
     with open(CSV, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         if new:
             w.writeheader()
         for r in rows:

@@ -44,7 +44,7 @@ REQUIRE = os.environ.get("ADAPTIVE_PRUNE_REQUIRE_EXT", "0") == "1"
 if not cpp.AVAILABLE and not REQUIRE:
     pytest.skip(f"C++ core not available: {cpp.REASON}", allow_module_level=True)
 # ops without a C++ kernel yet (the routing serves them with the reference)
-NOT_IN_CORE = {"refine_medoids"}
+NOT_IN_CORE: set[str] = set()
 SERVED_OPS = [name for name in ops.ALL_OPS if name not in NOT_IN_CORE]
 _op = torch.ops.adaptive_prune
 
@@ -515,6 +515,7 @@ def _cpp_samples():
     po = torch.tensor([0, 3, 9])
     reserved = torch.tensor([1, 0, 0, 1, 0, 1, 0, 0, 0], dtype=torch.bool)
     nc = x.t().contiguous().t()  # non-contiguous
+    image = torch.tensor([0, 0, 0, 2, 2, 3, 3, 3, 3])  # the images of the pool rows
     return {
         "budget_scores": [
             (x, cu, ro, text, to, 0.05, 10.0, EPS),
@@ -545,6 +546,10 @@ def _cpp_samples():
         ],
         "pareto_select": [
             (torch.rand(7), torch.rand(7), torch.tensor([0, 3, 7]), [2, 2]),
+        ],
+        "refine_medoids": [
+            (x, pool, po, image, reserved, reserved, 1, EPS),
+            (nc.half(), pool, po.int(), image.int(), reserved, reserved, 3, EPS),
         ],
     }
 

@@ -239,7 +239,7 @@ def test_triton_on_cpu_tensors_needs_the_interpreter(monkeypatch):
 
 
 # ops that no fast backend implements yet: the routing serves them with the reference
-REFERENCE_ONLY = {"refine_medoids"}
+REFERENCE_ONLY: set[str] = set()
 
 
 @pytest.mark.interpreter

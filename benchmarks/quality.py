@@ -504,7 +504,8 @@ def plot(results: dict, methods, split: str, ratios, path: Path) -> None:
 def ablation_grid(defaults: dict) -> list[tuple[str, dict]]:
     """One knob at a time around the current defaults (name, options), plus the METHOD.md
     starting point."""
-    g = [("default", {}), ("METHOD.md start (lam=3, gamma=1.5)", {"lam": 3.0, "gamma": 1.5})]
+    v1 = {"gamma": 6.0, "refine": 0, "group_dist": 2.0, "group_size": 1024, "aligned": 0.0}
+    g = [("default", {}), ("v1 (one chain per request, gamma=6, no refine)", v1)]
     for v in (0.02, 0.1, 0.2):
         g.append((f"sigma={v}", {"sigma": v}))
     for v in (0.0, 3.0, 8.0, 16.0):
@@ -523,12 +524,20 @@ def ablation_grid(defaults: dict) -> list[tuple[str, dict]]:
     g.append(("selection=weighted", {"selection": "weighted"}))
     for k in (0.0, 0.25, 0.75):
         g.append((f"diversity_floor={k}", {"diversity_floor": k}))
+    for v in (0.0, 0.5, 2.0):
+        g.append((f"aligned={v}", {"aligned": v}))
+    for v in (0.0, 0.3, 2.0):  # 2.0: every image of a request in one group (v1's single chain)
+        g.append((f"group_dist={v}", {"group_dist": v}))
+    for v in (1, 2, 8):
+        g.append((f"group_size={v}", {"group_size": v}))
+    for v in (0, 2):
+        g.append((f"refine={v}", {"refine": v}))
     # drop variants equal to the defaults
     return [(n, o) for n, o in g if not o or any(defaults.get(k) != v for k, v in o.items())]
 
 
 SEARCH_SPACE = {
-    "lam": (0.0, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 16.0, 20.0),
+    "lam": (0.0, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 16.0, 20.0, 50.0, 100.0, 1e6),
     "gamma": (1.0, 1.5, 2.0, 3.0, 4.5, 6.0, 8.0, 10.0),
     "beta": (0.0, 0.5, 1.0, 2.0, 3.0),
     "sigma": (0.02, 0.05, 0.1, 0.2),
@@ -538,10 +547,18 @@ SEARCH_SPACE = {
     "align": ("mean", "max"),
     "inter_image": (True, False),
     "selection": ("pareto", "weighted"),
+    # method v2 (docs/METHOD.md): diversity floor, aligned candidates, groups, refinement
+    "diversity_floor": (0.0, 0.25, 0.5, 0.75),
+    "aligned": (0.0, 0.5, 1.0, 2.0),
+    "group_dist": (0.0, 0.05, 0.15, 0.3, 2.0),
+    "group_size": (1, 2, 4, 8),
+    "refine": (0, 1, 2),
 }
+# the values docs/METHOD.md writes down (method v2); v1's search started from lam=3, gamma=1.5
+# without the v2 options (its trail: docs/quality.md)
 METHOD_MD_START = {
     "sigma": 0.05,
-    "lam": 3.0,
+    "lam": 12.0,
     "tau_a": 10.0,
     "beta": 1.0,
     "gamma": 1.5,
@@ -550,6 +567,11 @@ METHOD_MD_START = {
     "align": "mean",
     "inter_image": True,
     "selection": "pareto",
+    "diversity_floor": 0.5,
+    "aligned": 1.0,
+    "group_dist": 0.15,
+    "group_size": 4,
+    "refine": 1,
 }
 
 

@@ -41,7 +41,8 @@ _op = torch.ops.adaptive_prune
 # benchmark (benchmarks/quality.py) decides them and the README records why.
 OPTIONS = {
     "sigma": (0.05, C.SIGMA),  # multiplicity temperature
-    "lam": (12.0, C.LAM),  # candidate-pool growth: B1 = B + ceil(B * lam * (1 - rho))
+    # candidate-pool growth: B1 = min(N, B + ceil(B * lam * (1 - rho))); 1e6: every token
+    "lam": (1e6, C.LAM),
     "tau_a": (10.0, C.TAU_A),  # query-relevance softmax temperature
     "beta": (1.0, C.BETA),  # weight of query relevance in the per-image budget
     # with text (or tau): the global chain runs to at most ceil(gamma * B) picks per request

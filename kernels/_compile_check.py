@@ -45,6 +45,7 @@ def variants():
         global_greedy,
         greedy_select,
         pareto_select,
+        refine_medoids,
         token_similarity,
     )
     from ._common import CONFIGS
@@ -86,6 +87,17 @@ def variants():
              "empty_value": "fp32"},
             {"QGATHER": True, "KGATHER": mode >= 2, "MODE": mode, "BM": g("rows_tile"),
              "BN": g("rows_keys"), "BK": g("reduce_k"), "BLOCK_N": 32, "PREC": "tf32"},
+            {"num_warps": g("reduce_warps")},
+        ))  # fmt: skip
+    for dt, prec in (("bf16", "tf32"), ("fp32", "ieee")):
+        out.append((
+            f"refine_assign[{dt}]",
+            refine_medoids._refine_assign_kernel,
+            {"x_ptr": f"*{dt}", "rows_ptr": "*i64", "cpos_ptr": "*i64", "seg_ptr": "*i64",
+             "cnt_ptr": "*i64", "cum_ptr": "*i64", "inv_ptr": "*fp32", "best_ptr": "*fp32",
+             "arg_ptr": "*i64", "n_seg": "i32", "D": "i32", "stride_x": "i32"},
+            {"BM": g("rows_tile"), "BN": g("rows_keys"),
+             "BK": g("sim_k_f32" if dt == "fp32" else "reduce_k"), "BLOCK_N": 32, "PREC": prec},
             {"num_warps": g("reduce_warps")},
         ))  # fmt: skip
     for text in (False, True):

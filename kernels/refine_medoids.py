@@ -76,16 +76,16 @@ def _refine_assign_kernel(
     i_g = _locate(cum_ptr, n_seg, i_t, BLOCK_N)
     a = tl.load(seg_ptr + i_g)
     m = tl.load(seg_ptr + i_g + 1) - a
-    c = tl.load(cnt_ptr + i_g)
+    c = tl.load(cnt_ptr + i_g).to(tl.int32)  # a group's size fits int32
     o_i = (i_t - tl.load(cum_ptr + i_g)) * BM + tl.arange(0, BM)  # [BM] local rows
     m_i = o_i < m
     r_i = tl.load(rows_ptr + a + o_i, mask=m_i, other=0)
     p_i = x_ptr + r_i[:, None] * stride_x  # [BM, 1]
     inv_i = tl.load(inv_ptr + a + o_i, mask=m_i, other=0.0)
     run = tl.full((BM,), float("-inf"), dtype=tl.float32)
-    run_s = tl.full((BM,), -1, dtype=tl.int64)  # centre index (rank among the kept)
+    run_s = tl.full((BM,), -1, dtype=tl.int32)  # centre index (rank among the kept)
     for j0 in range(0, c, BN):
-        o_j = j0 + tl.arange(0, BN)  # [BN] centre indices
+        o_j = j0 + tl.arange(0, BN)  # [BN] int32 centre indices
         m_j = o_j < c
         q_j = tl.load(cpos_ptr + a + o_j, mask=m_j, other=0)  # pool positions
         r_j = tl.load(rows_ptr + q_j, mask=m_j, other=0)
@@ -100,8 +100,7 @@ def _refine_assign_kernel(
         inv_j = tl.load(inv_ptr + q_j, mask=m_j, other=0.0)
         b_c = tl.where(m_j[None, :], acc * inv_i[:, None] * inv_j[None, :], float("-inf"))
         t_max = tl.max(b_c, axis=1)  # [BM]
-        big = tl.full((BM, BN), 2**62, dtype=tl.int64)
-        t_s = tl.min(tl.where(b_c == t_max[:, None], o_j[None, :].to(tl.int64), big), axis=1)
+        t_s = tl.min(tl.where(b_c == t_max[:, None], o_j[None, :], 2**30), axis=1)  # int32
         upd = t_max > run  # an earlier tile (lower positions) keeps equal values
         run = tl.where(upd, t_max, run)
         run_s = tl.where(upd, t_s, run_s)
@@ -117,7 +116,9 @@ def _assign(x, rows, cpos, seg_d, cnt, cum, cum_d, inv, K, n_seg):
     arg = empty(K, torch.int64, dev)
     D = x.shape[1]
     BM, BN = cfg("rows_tile"), cfg("rows_keys")
-    BK = min(cfg("reduce_k"), max(16, next_pow2(D)))
+    # fp32 goes through ieee FMA dots: K step 16 (32 spilled for sm_90, _compile_check)
+    bk = cfg("sim_k_f32") if x.dtype == torch.float32 else cfg("reduce_k")
+    BK = min(bk, max(16, next_pow2(D)))
     with set_device(dev):
         _refine_assign_kernel[(cum[-1],)](
             x, rows, cpos, seg_d, cnt, cum_d, inv, best, arg, n_seg, D, x.stride(0),

@@ -17,7 +17,8 @@ the cause and the fix); a backend asked for by name that cannot serve the call r
 
 Knobs change the speed, never the result:
 
-- ``cpp``: ``proj_dim`` (-1 auto, 0 dense, >0 projection dims of the exact pruned greedy),
+- ``cpp``: ``proj_dim`` (-1 auto, 0 dense, >0 projection dims of the exact pruned greedy and
+  of the refinement's exact nearest-centre search),
   ``num_threads`` (default ``torch.get_num_threads()``);
 - ``triton``: ``greedy_window`` (0 or a power of two in [16, 128]: picks per round of the exact
   windowed max-min engine, 0 = one pick per step), ``block_budget_mb`` (the most memory one

@@ -3,8 +3,8 @@
 ``_core`` (sources in ``csrc/``, design in ``docs/cpp.md``) has one function per op on numpy
 arrays: ``_core.<op>(*args, num_threads, **knobs)``, the public op's arguments in order. This
 module turns it into :data:`TABLE`, op name -> a function with exactly the public op's signature
-plus keyword-only knobs (``proj_dim=-1`` for the two greedy ops: -1 auto, 0 dense, > 0
-projection dims; it changes the speed, never the result) and ``num_threads=None``
+plus keyword-only knobs (``proj_dim=-1`` for the two greedy ops and ``refine_medoids``: -1
+auto, 0 dense, > 0 projection dims; it changes the speed, never the result) and ``num_threads=None``
 (``torch.get_num_threads()``). One generic wrapper serves every op: torch CPU tensors become
 contiguous numpy arrays (float16/bfloat16/float32 -> float32, float64 stays float64, integers
 -> int64, bool stays bool), lists become lists of ints, and the numpy outputs come back through

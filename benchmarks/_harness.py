@@ -8,13 +8,15 @@ callers, and the ops are observed with a ``TorchDispatchMode`` (:class:`OpTimes`
 
 - inputs: :func:`real_576` (16 x 576 real 384-d tokens and a 43-token query), :func:`lift`
   (a seeded orthogonal map ``384 -> D``: norms and cosines kept), :func:`real_16x576` (both
-  lifted, with ``text_rows`` query rows), :func:`synthetic` (clustered tokens with
-  near-duplicate images);
+  lifted, with ``text_rows`` query rows), :func:`real_nx576` (any number of real 576-token
+  images: the 16 of :func:`real_576`, then seeded noisy copies), :func:`noisy`,
+  :func:`synthetic` (clustered tokens with near-duplicate images);
 - timers: :class:`Timer` (CUDA events for CUDA work, wall time otherwise), :func:`timed`,
   :func:`once`, :class:`OpTimes` (per-op split);
 - conditions: :func:`conditions` (date, commit, machine, CPU, GPU, threads, load, versions,
   backends);
-- output: :func:`append_csv` (one header per file, checked), :func:`fmt_ms`.
+- output: :func:`append_csv` (one header per file, checked; new columns are added only here,
+  at the end of the header), :func:`fmt_ms`.
 """
 
 from __future__ import annotations
@@ -107,6 +109,31 @@ def real_16x576(
         extra = extra + 0.1 * torch.randn(extra.shape, generator=g) * extra.std()
         q = torch.cat([q, extra])[:text_rows]
     return x, [TOKENS] * (x.shape[0] // TOKENS), q
+
+
+def noisy(t: np.ndarray, seed: int, scale: float = 0.05) -> np.ndarray:
+    """``t [m, d]`` plus seeded Gaussian noise of ``scale`` times each row's norm (spread over
+    its ``d`` coordinates): a near-duplicate view of the same tokens."""
+    rng = np.random.default_rng(seed)
+    s = scale * np.linalg.norm(t, axis=1, keepdims=True) / math.sqrt(t.shape[1])
+    return t + (rng.standard_normal(t.shape) * s).astype(np.float32)
+
+
+def real_nx576(
+    images: int, dim: int, text_rows: Optional[int] = None
+) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+    """``images`` real 576-token images lifted to ``dim`` and the query, as
+    :func:`real_16x576`: up to 16 images are exactly its inputs (the 12 distinct 576-token
+    images of the bundled data and 4 near-duplicate views, :func:`real_576`); image ``k >= 16``
+    is image ``k % 16`` with seeded 5 % noise (seed ``k``, added before the lift), so no two
+    images are identical."""
+    if images <= IMAGES:
+        return real_16x576(dim, text_rows, images)
+    x_np, _, _ = real_576(IMAGES)
+    base = x_np.reshape(IMAGES, TOKENS, -1)
+    parts = [base[k] if k < IMAGES else noisy(base[k % IMAGES], k) for k in range(images)]
+    q = real_16x576(dim, text_rows, 1)[2]  # the query rows do not depend on the images
+    return lift(np.concatenate(parts), dim), [TOKENS] * images, q
 
 
 def synthetic(
@@ -337,12 +364,17 @@ def conditions(cuda: bool = False) -> dict:
 def append_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
     """Append ``rows`` (only ``fields``, in that order; missing ones empty) to the CSV at
     ``path``, writing the header when the file is new. An existing file with another header is
-    an error (a CSV keeps one schema; move the old file aside)."""
+    an error (a CSV keeps one schema; move the old file aside), except a header that ``fields``
+    extends at its end: the file is then rewritten once with the new columns (empty in the old
+    rows), which is how a script adds a column to its CSV."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and path.stat().st_size > 0:
         with path.open(newline="") as f:
             header = next(csv.reader(f), [])
+        if len(header) < len(fields) and header == list(fields)[: len(header)]:
+            _extend_header(path, list(fields))
+            header = list(fields)
         if header != list(fields):
             raise ValueError(
                 f"{path} has the columns {header}, this script writes {list(fields)}: "
@@ -358,6 +390,21 @@ def append_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
         w.writerows([{k: _cell(v) for k, v in r.items()} for r in rows])
         f.flush()
         os.fsync(f.fileno())
+
+
+def _extend_header(path: Path, fields: list[str]) -> None:
+    """Rewrite the CSV at ``path`` with the header ``fields`` (its old header plus new columns
+    at the end); the old rows keep their cells and get empty ones in the new columns."""
+    with path.open(newline="") as f:
+        old = list(csv.DictReader(f))
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
+        w.writeheader()
+        w.writerows(old)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
 
 
 def _cell(v: Any) -> Any:

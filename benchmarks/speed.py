@@ -4,6 +4,9 @@ Usage::
 
     python benchmarks/speed.py --device cpu                 # D = 1024 and 3584, 1 and 2 threads
     python benchmarks/speed.py --device cpu --threads 1 --dims 1024
+    python benchmarks/speed.py --device cpu --scale         # 16x576 + the scale cases, 1 thread
+    python benchmarks/speed.py --device cpu --scale --scenarios '' --scale-cases images
+    python benchmarks/speed.py --device cpu --scale --dry-run   # tiny shapes, nothing written
     python benchmarks/speed.py --device cuda                # 16x576 and 64x1024, D = 3584, bf16
     python benchmarks/speed.py --device cuda --dry-run      # the logic on a CPU, nothing written
 
@@ -15,8 +18,8 @@ Scenarios (keep 25 %):
 
 - ``16x576``: 16 images x 576 real DINOv2-S/14 patch tokens (``_harness.real_576``) lifted to D
   by a seeded orthogonal map, which keeps every norm and cosine, so the selection problem is the
-  same at every D; the fixture's 43-token query (``--device cuda``: plus 21 noisy copies of its
-  rows, 64 text rows).
+  same at every D; the fixture's 43-token query plus 21 noisy copies of its rows: 64 text rows
+  (``--text-rows 43`` for the query alone, as the CPU rows before 2026-12-05).
 - ``NxM`` (e.g. ``64x1024``): ``N`` synthetic clustered images of ``M`` tokens, every fourth a
   noisy copy of the previous one (``_harness.synthetic``), 64 text rows.
 
@@ -28,8 +31,31 @@ Rows, ``--device cpu`` (fp32 by default):
   composition;
 - every other registered method (the baselines; ``--baselines`` to choose), with the query when
   the method uses text;
+- ``adaptive (C++), refine=0``: the same without the medoid refinement (stage 3);
 - floors, timed alone on unit fp32 rows: the stage-1 per-image ``[m, m]`` similarity blocks, the
   stage-2 pool product ``B1 x B1 x D`` and its rows-only variant ``P x B1 x D``.
+
+Scale cases, ``--device cpu --scale`` (issue 14: how the cost grows against per-image
+``divprune``; 1 thread unless ``--threads``; D = 1024; ``--scale-cases`` to choose):
+
+- ``images:Nx576``, N = 4, 16, 32, 64 (``--scale-images``): N real 576-token images with 64 text
+  rows (``_harness.real_nx576``). The bundled data hold 12 distinct real 576-token images; the
+  first 16 images are exactly the ``16x576`` scenario's (those 12 and 4 near-duplicate views of
+  them, 5 % seeded noise) and image ``k >= 16`` is image ``k % 16`` with 5 % seeded noise (seed
+  ``k``). N = 64 is 36,864 tokens. The curve of time against N is drawn in
+  ``benchmarks/results/speed_scale.png``.
+- ``isotropic:64x1024``: 64 x 1024 seeded Gaussian tokens (near-isotropic: the bounds cannot
+  prune), no text.
+- ``big:1x100000``: one image of 100,000 tokens (the 16 real images tiled with 5 % seeded noise),
+  no text. Each of its rows is timed once, without a warm-up, in a forked child process capped
+  at ``--cap`` seconds (default 120); a row over the cap is recorded as "did not finish" (no
+  time) and its child is killed, so it never competes with the next row.
+
+Each scale case times, in the same process on the same inputs: ``adaptive (C++)`` (default
+options, its ``chain_length`` and ``groups`` from the diagnostics), ``adaptive (C++),
+refine=0`` and per-image ``divprune``; ``x divprune`` = time / ``divprune``'s. The scale rows
+(until 2026-12-05 measured by the stop-gap ``speed_scale.py``, whose rows were converted into
+``speed.csv``) go to the same CSV.
 
 Rows, ``--device cuda`` (bf16 by default):
 
@@ -45,9 +71,10 @@ Rows, ``--device cuda`` (bf16 by default):
 Columns: median of up to ``--runs`` runs after a warm-up (CUDA events on a GPU, wall time on a
 CPU; a slow row gets fewer runs so that it takes about ``--row-budget`` seconds, and a row
 slower than that is timed once), the min-max range, ``x floor`` = time / (stage-1 floor +
-stage-2 pool floor) and ``ref / this`` = the reference's time / this row's (no-text rows
-against the no-text reference). Then the per-op split of the default adaptive row (each
-``adaptive_prune::*`` op timed in separate instrumented runs; the rest is Python and checks).
+stage-2 pool floor), ``ref / this`` = the reference's time / this row's (no-text rows
+against the no-text reference) and ``x divprune`` = time / per-image ``divprune``'s. Then the
+per-op split of the default adaptive row (each ``adaptive_prune::*`` op timed in separate
+instrumented runs; the rest is Python and checks).
 
 Outputs: the table of each scenario as it is measured, CSV rows appended to
 ``benchmarks/results/speed.csv`` after every scenario (date, commit, machine, CPU, load, GPU,
@@ -67,6 +94,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,11 +112,17 @@ LARGE_TOKENS = 20000  # cuda: above this, only BASELINES_LARGE (the others are s
 BASELINES_CUDA = ("divprune", "divprune_pooled", "cdpruner", "dart", "uniform")
 BASELINES_LARGE = ("divprune", "cdpruner")
 DRY = (4, 48, 64)  # dry run: images, tokens, dim
+SCALE_CASES = ("images", "isotropic", "big")
+SCALE_IMAGES = (4, 16, 32, 64)
+SCALE_DIM = 1024
+BIG_TOKENS = 100_000
+DRY_SCALE = {"images": (2, 4), "isotropic": (4, 48), "big": 600}  # dry run: tiny shapes, D = 64
 
 CSV_FIELDS = (
     "date git_commit machine cpu load gpu torch triton cuda cpp device threads dtype scenario "
     "source dim images tokens_per_image text_rows keep_ratio budget pool_size candidates row "
-    "kind backend ms_median ms_min ms_max runs x_floor ref_over_this note"
+    "kind backend ms_median ms_min ms_max runs x_floor ref_over_this note chain_length groups "
+    "x_divprune"
 ).split()
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -120,8 +154,8 @@ def scenario_inputs(name: str, dim: int, text_rows: Optional[int], dry: bool):
 # one scenario
 # --------------------------------------------------------------------------------------------
 HEADER = (
-    "| row | backend | ms (median) | range | runs | x floor | ref / this | note |\n"
-    "|---|---|---:|---:|---:|---:|---:|---|"
+    "| row | backend | ms (median) | range | runs | x floor | ref / this | x divprune | chain "
+    "| groups | note |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 )
 
 
@@ -160,9 +194,11 @@ def line(r: dict) -> str:
     rng = f"{H.fmt_ms(r['ms_min'])}-{H.fmt_ms(r['ms_max'])}" if "ms_min" in r else "-"
     xf = f"{r['x_floor']:.2f}" if r.get("x_floor") is not None else ""
     rt = f"{r['ref_over_this']:.1f}x" if r.get("ref_over_this") is not None else ""
+    xd = f"{r['x_divprune']:.2f}" if r.get("x_divprune") is not None else ""
     return (
         f"| {r['row']} | {r['backend']} | {H.fmt_ms(r.get('ms_median'))} | {rng} | "
-        f"{r.get('runs', '-')} | {xf} | {rt} | {r.get('note', '')} |"
+        f"{r.get('runs', '-')} | {xf} | {rt} | {xd} | {r.get('chain_length', '')} | "
+        f"{r.get('groups', '')} | {r.get('note', '')} |"
     )
 
 
@@ -233,7 +269,12 @@ def run_scenario(name: str, dim: int, threads: int, args) -> tuple[list[dict], d
     # --- the adaptive method on each backend ----------------------------------------------
     if device == "cpu":
         label = "adaptive (C++)" if main_backend == "cpp" else "adaptive (reference: no C++)"
-        rows.measure(label, "method", main_backend, timed_in(main_backend, prune()))
+        r = rows.measure(label, "method", main_backend, timed_in(main_backend, prune()))
+        if r:
+            r.update(chain_length=d.chain_length, groups=d.groups)
+        rows.measure(
+            f"{label}, refine=0", "method", main_backend, timed_in(main_backend, prune(refine=0))
+        )
         if main_backend == "cpp":
             rows.measure(
                 "adaptive (C++, dense: proj_dim=0)",
@@ -323,6 +364,7 @@ def run_scenario(name: str, dim: int, threads: int, args) -> tuple[list[dict], d
         )["ms_median"] = floor_ms
     ref_full = rows.get("adaptive (reference)") or rows.get("adaptive (reference: no C++)")
     ref_nt = rows.get("adaptive (reference), no text")
+    div = rows.get("divprune")
     for r in rows.rows:
         ms = r.get("ms_median")
         if not ms or r["kind"] == "floor":
@@ -332,6 +374,8 @@ def run_scenario(name: str, dim: int, threads: int, args) -> tuple[list[dict], d
         ref = ref_nt if "no text" in r["row"] else ref_full
         if ref:
             r["ref_over_this"] = ref / ms
+        if div:
+            r["x_divprune"] = ms / div
     print("\nwith the ratios:\n\n" + HEADER)
     print("\n".join(line(r) for r in rows.rows), flush=True)
 
@@ -409,6 +453,184 @@ def per_op(backend_name: str, fn, cuda: bool, n: int, warm: bool = True) -> dict
     out = {k: v / n for k, v in ops.ms.items()}
     out["rest (Python, checks)"] = statistics.fmean(total) - sum(out.values())
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# scale cases (--device cpu --scale)
+# --------------------------------------------------------------------------------------------
+def scale_inputs(case: str, n: int, args) -> tuple[str, str, torch.Tensor, list[int], Optional[
+        torch.Tensor]]:  # fmt: skip
+    """``(scenario, source, x, counts, text)`` of scale case ``case`` (``n``: images of the
+    ``images`` curve), float32 on the CPU."""
+    dry = args.dry_run
+    if case == "images":
+        if dry:
+            x, counts, text = H.synthetic(n, DRY[1], DRY[2], text_rows=8)
+            return f"images:{n}x{DRY[1]}", "synthetic (dry run)", x, counts, text
+        x, counts, text = H.real_nx576(n, SCALE_DIM, args.text_rows)
+        src = "real tokens, lifted" + (f" ({n - H.IMAGES} seeded noisy copies)" if n > 16 else "")
+        return f"images:{n}x{H.TOKENS}", src, x, counts, text
+    if case == "isotropic":
+        k, m = DRY_SCALE["isotropic"] if dry else (64, 1024)
+        dim = DRY[2] if dry else SCALE_DIM
+        x = torch.randn(k * m, dim, generator=torch.Generator().manual_seed(0))
+        return f"isotropic:{k}x{m}", "seeded Gaussian (near-isotropic)", x, [m] * k, None
+    if case == "big":
+        if dry:
+            m = DRY_SCALE["big"]
+            x, _, _ = H.synthetic(1, m, DRY[2])
+            return f"big:1x{m}", "synthetic (dry run)", x, [m], None
+        base, _, _ = H.real_576(H.IMAGES)
+        reps = math.ceil(BIG_TOKENS / base.shape[0])
+        tiled = np.concatenate([H.noisy(base, 1000 + i) for i in range(reps)])[:BIG_TOKENS]
+        src = "real tokens tiled with 5 % seeded noise, lifted"
+        return f"big:1x{BIG_TOKENS}", src, H.lift(tiled, SCALE_DIM), [BIG_TOKENS], None
+    raise SystemExit(f"speed.py: unknown scale case {case!r}; choose from {SCALE_CASES}")
+
+
+def capped(fn: Callable[[], object], cap: float) -> tuple[Optional[float], object]:
+    """``(ms, fn's return value)`` of one call of ``fn`` in a forked child process, or
+    ``(None, None)`` when it does not finish within ``cap`` seconds (the child is then killed,
+    so it never competes with the next row). The return value must be picklable."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+
+    def child() -> None:
+        with H.Timer() as t:
+            out = fn()
+        q.put((t.ms, out))
+
+    p = ctx.Process(target=child, daemon=True)
+    p.start()
+    p.join(cap)
+    if p.is_alive():
+        p.kill()
+        p.join()
+        return None, None
+    try:
+        return q.get(timeout=5)
+    except Exception:  # noqa: BLE001 (the child died without a result: say so in the row)
+        return None, None
+
+
+def recording(fn: Callable[[], object], last: list, args) -> Callable[[], list[float]]:
+    """A timer of ``fn`` (one call in a dry run, else :func:`_harness.timed`) that keeps the
+    return value of its last call in ``last[0]``."""
+
+    def keep() -> None:
+        last[0] = fn()
+
+    if args.dry_run:
+        return lambda: H.once(keep)
+    return lambda: H.timed(keep, args.runs, 1, False, args.row_budget)
+
+
+def run_scale_case(case: str, n: int, threads: int, backend_name: str, args) -> list[dict]:
+    """The rows of one scale case: ``adaptive`` (with its diagnostics), ``refine=0`` and
+    per-image ``divprune``, in this process on the same inputs; ``x divprune`` filled in."""
+    torch.set_num_threads(threads)
+    name, source, x, counts, text = scale_inputs(case, n, args)
+    cu = H.cu_seqlens(counts)
+    budget = int(KEEP * x.shape[0] + 0.5)  # as prune rounds keep_ratio
+    base = {
+        "device": "cpu" + (" (dry run)" if args.dry_run else ""),
+        "threads": threads,
+        "dtype": "float32",
+        "scenario": name,
+        "source": source,
+        "dim": x.shape[1],
+        "images": len(counts),
+        "tokens_per_image": counts[0],
+        "text_rows": 0 if text is None else text.shape[0],
+        "keep_ratio": KEEP,
+        "budget": budget,
+    }
+    cap = args.cap if case == "big" else None
+    print(
+        f"\n## scale {name}, D = {x.shape[1]}, float32, {threads} thread(s), {source}: "
+        f"{x.shape[0]} tokens, B = {budget}"
+        + (f", each row once in a child capped at {cap:g} s" if cap is not None else "")
+        + "\n",
+        flush=True,
+    )
+    rows = Rows(base)
+    label = "adaptive (C++)" if backend_name == "cpp" else "adaptive (reference: no C++)"
+
+    def adaptive(**kw):
+        def call():
+            with ap.backend(backend_name):
+                res = ap.prune(x, cu, text, keep_ratio=KEEP, return_diagnostics=True, **kw)
+            return res.diagnostics.chain_length, res.diagnostics.groups
+
+        return call
+
+    def divprune():
+        ap.prune(x, cu, keep_ratio=KEEP, method="divprune")
+
+    for row, kind, backend, fn in (
+        (label, "method", backend_name, adaptive()),
+        (f"{label}, refine=0", "method", backend_name, adaptive(refine=0)),
+        ("divprune", "baseline", "auto", divprune),
+    ):
+        if cap is not None:
+            ms, out = capped(fn, cap)
+            if ms is None:
+                rows.add(row, kind, backend, note=f"did not finish within {cap:g} s (1 run)")
+                continue
+            r = rows.add(row, kind, backend, [ms], "1 run, no warm-up, in a forked child")
+        else:
+            last: list = [None]
+            r = rows.measure(row, kind, backend, recording(fn, last, args))
+            out = last[0]
+        if r is not None and kind == "method" and "refine" not in row and out is not None:
+            r.update(chain_length=out[0], groups=out[1])
+    div = rows.get("divprune")
+    if div:
+        for r in rows.rows:
+            if r.get("ms_median"):
+                r["x_divprune"] = r["ms_median"] / div
+    print("\nwith the ratios:\n\n" + HEADER)
+    print("\n".join(line(r) for r in rows.rows), flush=True)
+    return rows.rows
+
+
+def plot_scale(rows: list[dict], path: Path) -> None:
+    """Time against the number of images (the ``images:*`` rows), one line per row label."""
+    curve = [r for r in rows if str(r["scenario"]).startswith("images:") and r.get("ms_median")]
+    if not curve:
+        return
+    try:
+        import matplotlib
+    except ImportError:
+        print("no matplotlib: no PNG")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for label in dict.fromkeys(r["row"] for r in curve):
+        pts = sorted((r["images"], r["ms_median"]) for r in curve if r["row"] == label)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        for n, ms in pts:
+            ax.annotate(H.fmt_ms(ms), (n, ms), fontsize=7, textcoords="offset points",
+                        xytext=(3, 3))  # fmt: skip
+    r0 = curve[0]
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel(f"images ({r0['tokens_per_image']} tokens each)")
+    ax.set_ylabel("ms (median, log scale)")
+    ax.set_title(
+        f"cpu, D = {r0['dim']}, keep {KEEP:.0%}, {r0['text_rows']} text rows, "
+        f"{r0['threads']} thread(s), {r0['git_commit']}",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -509,7 +731,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument(
         "--dtype", choices=sorted(DTYPES), default=None, help="cpu: float32; cuda: bfloat16"
     )
-    p.add_argument("--text-rows", type=int, default=None, help="cpu: 43 (the query); cuda: 64")
+    p.add_argument(
+        "--text-rows", type=int, default=None, help="64 (the 43-row query and noisy copies)"
+    )
     p.add_argument("--no-text", action="store_true", help="no query (Pareto step off)")
     p.add_argument("--runs", type=int, default=None, help="cpu: 5; cuda: 20")
     p.add_argument("--row-budget", type=float, default=None, help="seconds (cpu 10, cuda 5)")
@@ -537,6 +761,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     p.add_argument("--summary", type=Path, default=None, help="cuda: also write the summary")
     p.add_argument(
+        "--scale",
+        action="store_true",
+        help="cpu: also the scale cases (images curve, isotropic, 100k-token image); threads "
+        "default to 1",
+    )
+    p.add_argument(
+        "--scale-cases",
+        default=",".join(SCALE_CASES),
+        help=f"comma list of scale cases (default {','.join(SCALE_CASES)})",
+    )
+    p.add_argument(
+        "--scale-images",
+        type=int,
+        nargs="+",
+        default=list(SCALE_IMAGES),
+        help="images of the scale curve (default 4 16 32 64)",
+    )
+    p.add_argument(
+        "--cap", type=float, default=120.0, help="seconds per row of the 100k-token image"
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help=f"the logic on {DRY[0]} synthetic images of {DRY[1]} tokens, D = "
@@ -551,15 +796,23 @@ def main(argv: Optional[list[str]] = None) -> int:
             "False); use --device cpu, or --dry-run for the logic."
         )
         return 2
-    args.scenarios = [
-        s.strip()
-        for s in (args.scenarios or ("16x576,64x1024" if cuda else "16x576")).split(",")
-        if s.strip()
-    ]
+    if args.scale and cuda:
+        print("speed.py: --scale is a CPU benchmark (issue 14); use --device cpu")
+        return 2
+    scenarios = (
+        ("16x576,64x1024" if cuda else "16x576") if args.scenarios is None else args.scenarios
+    )
+    args.scenarios = [s.strip() for s in scenarios.split(",") if s.strip()]
+    args.scale_cases = [c.strip() for c in args.scale_cases.split(",") if c.strip()]
+    for c in args.scale_cases:
+        if c not in SCALE_CASES:
+            p.error(f"--scale-cases: unknown case {c!r}; choose from {', '.join(SCALE_CASES)}")
     args.dims = args.dims or ([3584] if cuda else [1024, 3584])
-    args.threads = args.threads or ([torch.get_num_threads()] if cuda else [1, 2])
+    args.threads = args.threads or (
+        [torch.get_num_threads()] if cuda else [1] if args.scale else [1, 2]
+    )
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
-    if args.text_rows is None and cuda:
+    if args.text_rows is None and (cuda or not args.dry_run):
         args.text_rows = 64
     args.runs = args.runs or (20 if cuda else 5)
     args.row_budget = args.row_budget or (5.0 if cuda else 10.0)
@@ -595,14 +848,39 @@ def main(argv: Optional[list[str]] = None) -> int:
                 if csv_path is not None:
                     H.append_csv(csv_path, rows, CSV_FIELDS)
                     print(f"appended {len(rows)} rows to {csv_path}", flush=True)
+    scale_rows: list[dict] = []
+    if args.scale:
+        backend_name = "cpp" if backends.unavailable("cpp") is None else "reference"
+        cases = [
+            ("images", n) for n in (DRY_SCALE["images"] if args.dry_run else args.scale_images)
+        ]
+        cases = [c for c in cases if "images" in args.scale_cases]
+        cases += [(c, 1) for c in ("isotropic", "big") if c in args.scale_cases]
+        for threads in args.threads:
+            for case, n in cases:
+                rows = run_scale_case(case, n, threads, backend_name, args)
+                for r in rows:
+                    r.update(cond)
+                scale_rows += rows
+                if csv_path is not None:
+                    H.append_csv(csv_path, rows, CSV_FIELDS)
+                    print(f"appended {len(rows)} rows to {csv_path}", flush=True)
+        all_rows += scale_rows
     if cuda:
         s = summary(all_rows, cond["gpu"])
         if args.summary:
             args.summary.parent.mkdir(parents=True, exist_ok=True)
             args.summary.write_text(s + "\n")
         print("\n" + s)
-    if png:
+    if png and results:
         plot(results, Path(png))
+    if scale_rows and png:
+        scale_png = (
+            H.RESULTS / "speed_scale.png"
+            if args.png is None
+            else Path(png).with_name(Path(png).stem + "_scale.png")
+        )
+        plot_scale(scale_rows, scale_png)
     failed = [r["row"] for r in all_rows if str(r.get("note", "")).startswith("failed")]
     if failed:
         print(f"\nfailed rows: {failed}")

@@ -93,6 +93,79 @@ def test_speed_cpu_dry_run_has_the_cpu_rows(tmp_path):
     assert "appended" not in p.stdout  # a dry run writes no CSV unless asked
 
 
+def _scale_tables(out: str) -> dict[str, dict[str, list[str]]]:
+    """``scenario -> row name -> cells`` of the scale cases' tables (the last table of each)."""
+    tables: dict[str, dict[str, list[str]]] = {}
+    name = None
+    for line in out.splitlines():
+        if line.startswith("## scale "):
+            name = line.split()[2].rstrip(",")
+            tables[name] = {}
+        elif name and line.startswith("| ") and not line.startswith("| row |"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            tables[name][cells[0]] = cells
+    return tables
+
+
+def test_speed_cpu_scale_dry_run_times_every_case_against_divprune(tmp_path):
+    csv_path, png = tmp_path / "speed.csv", tmp_path / "speed_cpu.png"
+    before = sorted((ROOT / "benchmarks" / "results").iterdir())
+    p = run_script(
+        "benchmarks/speed.py", "--device", "cpu", "--dry-run", "--scale", "--scenarios", "",
+        "--csv", str(csv_path), "--png", str(png),
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert sorted((ROOT / "benchmarks" / "results").iterdir()) == before  # nothing written there
+    tables = _scale_tables(p.stdout)
+    assert list(tables) == ["images:2x48", "images:4x48", "isotropic:4x48", "big:1x600"], tables
+    for rows in tables.values():
+        main = "adaptive (C++)" if "adaptive (C++)" in rows else "adaptive (reference: no C++)"
+        assert list(rows) == [main, f"{main}, refine=0", "divprune"], rows
+        assert rows["divprune"][7] == "1.00", rows["divprune"]  # x divprune
+        for cells in rows.values():
+            assert float(cells[7]) > 0 and cells[2] != "-", cells
+        chain, groups = int(rows[main][8]), int(rows[main][9])
+        assert groups >= 1 and chain >= 1, rows[main]
+        assert rows[f"{main}, refine=0"][8] == "", rows  # diagnostics on the default row only
+    assert "1 run, no warm-up, in a forked child" in tables["big:1x600"]["divprune"][-1]
+    with csv_path.open() as f:
+        written = list(csv.DictReader(f))
+    assert len(written) == 12 and {r["device"] for r in written} == {"cpu (dry run)"}
+    assert all(r["git_commit"] and r["x_divprune"] for r in written), written
+    assert [r["scenario"] for r in written[::3]] == list(tables)
+    if "no matplotlib" not in p.stdout:
+        assert (tmp_path / "speed_cpu_scale.png").stat().st_size > 0
+
+
+def test_speed_cpu_scale_row_over_the_cap_did_not_finish(tmp_path):
+    csv_path = tmp_path / "speed.csv"
+    p = run_script(
+        "benchmarks/speed.py", "--device", "cpu", "--dry-run", "--scale", "--scenarios", "",
+        "--scale-cases", "big", "--cap", "0", "--csv", str(csv_path),
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = _scale_tables(p.stdout)["big:1x600"]
+    assert len(rows) == 3 and all("did not finish within 0 s" in c[-1] for c in rows.values())
+    with csv_path.open() as f:
+        written = list(csv.DictReader(f))
+    assert [r["ms_median"] for r in written] == ["", "", ""], written
+
+
+def test_append_csv_adds_columns_only_at_the_end(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import _harness as H
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    path = tmp_path / "x.csv"
+    H.append_csv(path, [{"a": 1, "b": 2}], ["a", "b"])
+    H.append_csv(path, [{"a": 3, "b": 4, "c": 5}], ["a", "b", "c"])  # extends the header
+    with path.open() as f:
+        assert list(csv.reader(f)) == [["a", "b", "c"], ["1", "2", ""], ["3", "4", "5"]]
+    with pytest.raises(ValueError, match="move the old file aside"):
+        H.append_csv(path, [{"c": 1}], ["c", "a", "b"])  # not an extension at the end
+
+
 def test_greedy_rounds_dry_run_matches_the_step_loops():
     p = run_script("benchmarks/greedy_rounds.py", "--dry-run", "--quick")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

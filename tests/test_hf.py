@@ -705,6 +705,92 @@ def test_pruner_inputs(model, monkeypatch):
         assert calls[0][1] == [0, 4, 12]
 
 
+def _kept_per_unit(inp, handle, beams=1):
+    """Per prefill row: how many visual tokens of each of its units (``handle.last_units``, in
+    prompt order) reached the language model."""
+    ids, mask = inp["input_ids"], inp["attention_mask"].bool()
+    out = []
+    for r, (units, kept) in enumerate(zip(handle.last_units, handle.last_kept)):
+        i = r // beams
+        vis = (((ids[i] == IMG) | (ids[i] == VID)) & mask[i]).nonzero().view(-1)
+        assert sum(units) == len(vis)
+        out.append([int(c.sum()) for c in torch.isin(vis, kept).long().split(units)])
+    return out
+
+
+@pytest.mark.parametrize("model", ["qwen2_5_vl", "qwen3_vl", "llava_onevision"], indirect=True)
+def test_per_image_minimum_protects_an_image(model):
+    """``handle.min_per_image`` with one list per sample (the beams of a sample share it): the
+    image / frame that kept the smallest share by default keeps at least its minimum, and the
+    pruned generate still equals the masked unmodified model (the oracle)."""
+    beams = 2
+    inp = _inputs(model)
+    with torch.no_grad():
+        with aphf.attach(model, keep_ratio=0.3) as h:
+            model(**inp)
+            default, units = _kept_per_unit(inp, h), h.last_units
+            mins, protected = [], []
+            for u, d in zip(units, default):
+                k = min(range(len(u)), key=lambda j: (d[j] / u[j], j))
+                q = [0] * len(u)
+                q[k] = min(u[k], sum(d))  # as much of it as the sample's budget allows
+                mins.append(q)
+                protected.append(k)
+            h.min_per_image = mins
+            out = _gen(model, inp, num_beams=beams)
+            got = _kept_per_unit(inp, h, beams)
+            kept = h.last_kept[::beams]
+        ref = _gen(
+            model,
+            {**inp, "attention_mask": _kept_mask(inp, kept)},
+            num_beams=beams,
+            position_ids=_generate_positions(model, inp),
+        )
+    assert len(got) == len(units) * beams
+    for r, counts in enumerate(got):
+        i = r // beams
+        assert all(c >= m for c, m in zip(counts, mins[i])), (counts, mins[i])
+        assert sum(counts) == sum(default[i])  # the same budget
+        assert counts[protected[i]] > default[i][protected[i]]  # the minimum binds
+    assert torch.equal(out.sequences, ref.sequences)
+    assert _max_diff(out.logits, ref.logits) < TOL
+
+
+@pytest.mark.parametrize("model", ["qwen2_vl"], indirect=True)
+def test_per_image_minimum_forms_and_errors(model):
+    """One flat list for a one-sample prompt (attach or the handle, a list or an int tensor);
+    a wrong length, a wrong number of samples or an infeasible minimum fails naming
+    min_per_image, and the handle still works afterwards."""
+    inp = _inputs(model, [[("image", 4, 4), ("image", 4, 8), ("video", 2, 4, 4)]])
+    with torch.no_grad(), aphf.attach(model, keep_ratio=0.5, min_per_image=[0, 8, 0, 0]) as h:
+        model(**inp)
+        assert h.last_units == [[4, 8, 4, 4]] and h.min_per_image == (0, 8, 0, 0)
+        assert _kept_per_unit(inp, h)[0][1] == 8  # the whole image, of a budget of 10
+        h.min_per_image = torch.tensor([0, 0, 0, 4])
+        model(**inp)
+        assert _kept_per_unit(inp, h)[0][3] == 4
+        for bad, match in [
+            ([1, 2], "min_per_image has 2 entries but prefill row 0 has 4"),
+            ([[1, 2, 3, 4], [1, 1, 1, 1]], "2 per-sample lists but the prefill has 1 rows"),
+            ([[1, 2, 3]], r"min_per_image\[0\] has 3 entries but sample 0 has 4"),
+            ([0, 9, 4, 0], "min_per_image asks for 12 visual tokens"),
+        ]:
+            h.min_per_image = bad
+            with pytest.raises(ValueError, match=match):
+                model(**inp)
+        with pytest.raises(ValueError, match="min_per_image"):
+            h.min_per_image = [1, -1]
+        h.min_per_image = 1
+        model(**inp)
+        assert min(_kept_per_unit(inp, h)[0]) >= 1
+    for bad, err in [([1, -1], ValueError), ([1, 1.5], TypeError), ([[1], 2], TypeError),
+                     ("12", TypeError), (torch.ones(2), TypeError), ([True], TypeError),
+                     (None, TypeError), ([[1, 2], [3, -1]], ValueError)]:  # fmt: skip
+        with pytest.raises(err, match="min_per_image"):
+            aphf.attach(model, keep_ratio=0.5, min_per_image=bad)
+        assert getattr(model, "_adaptive_prune_handle", None) is None
+
+
 @pytest.mark.parametrize("model", ["qwen2_5_vl"], indirect=True)
 def test_text_exclude_ids_forms(model, monkeypatch):
     """Any collection of ints (list, tuple, set, range, generator, 1-D int tensor) is accepted

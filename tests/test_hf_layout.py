@@ -133,6 +133,7 @@ def _clone(s, **change):
         vision=s.vision.clone(),
         text=None if s.text is None else s.text.clone(),
         key=s.key,
+        minimums=s.minimums,
     )
     fields.update(change)
     return L.Sample(**fields)
@@ -258,6 +259,73 @@ def test_select_equals_prune_per_request():
         q = L.feasible_min(1, u, b)
         cu = torch.tensor([0] + list(itertools.accumulate(u)))
         assert torch.equal(rows, adaptive_prune.prune(v, cu, t, budget=b, min_per_image=q).indices)
+
+
+def test_select_with_per_unit_minimums_equals_prune_per_request(monkeypatch):
+    """Requests with their own per-unit minimums go to one ``prune_batch`` call with one minimum
+    per image, never lowered; the others keep the int minimum (lowered where short)."""
+    g = torch.Generator().manual_seed(7)
+    units = [[5, 7, 4], [9], [3, 3, 3, 3, 2], [6, 6]]
+    reqs = [
+        (torch.randn(sum(u), 16, generator=g), u, torch.randn(4, 16, generator=g) if i else None)
+        for i, u in enumerate(units)
+    ]
+    minimums = [(0, 7, 0), None, (0, 0, 0, 3, 1), (2, 0)]
+    kw = dict(keep_ratio=0.5, budget=None, method="adaptive", min_per_image=2)
+    calls = []
+    real = adaptive_prune.prune_batch
+
+    def spy(*a, **k):
+        calls.append((k["min_per_image"], len(a[2]) - 1))
+        return real(*a, **k)
+
+    monkeypatch.setattr(adaptive_prune, "prune_batch", spy)
+    got = L.select(reqs, kw, minimums)
+    assert calls == [(2, 1), ([0, 7, 0, 0, 0, 0, 3, 1, 2, 0], 3)], calls
+    for (v, u, t), q, rows in zip(reqs, minimums, got):
+        b = L.sample_budget(v.shape[0], 0.5, None)
+        cu = torch.tensor([0] + list(itertools.accumulate(u)))
+        want = adaptive_prune.prune(v, cu, t, budget=b, min_per_image=q or 2).indices
+        assert torch.equal(rows, want)
+        per_unit = torch.bucketize(rows, cu[1:], right=True).bincount(minlength=len(u))
+        for k, m in enumerate(u):
+            assert per_unit[k] >= min((q or (2,) * len(u))[k], m), (q, per_unit)
+    # the protection binds: without it the 7-token image keeps fewer than all its tokens
+    plain = L.select(reqs[:1], dict(kw, min_per_image=0))[0]
+    assert int(((plain >= 5) & (plain < 12)).sum()) < 7
+    assert int(((got[0] >= 5) & (got[0] < 12)).sum()) == 7
+
+
+def test_row_minimums_forms_and_errors():
+    assert L.row_minimums(3, [2, 0, 1]) == [None, None, None]
+    assert L.row_minimums((4, 5), [2, 0, 2]) == [(4, 5), None, (4, 5)]  # every row with units
+    # one list per sample; a sample's rows (beams) are consecutive and share it
+    got = L.row_minimums(((1, 2), (), (3,)), [2, 2, 0, 0, 1, 1])
+    assert got == [(1, 2), (1, 2), None, None, (3,), (3,)]
+    with pytest.raises(ValueError, match="min_per_image has 2 entries but prefill row 1 has 3"):
+        L.row_minimums((1, 2), [2, 3])
+    with pytest.raises(ValueError, match="3 per-sample lists but the prefill has 4 rows"):
+        L.row_minimums(((1,), (1,), (1,)), [1, 1, 1, 1])
+    with pytest.raises(ValueError, match=r"min_per_image\[1\] has 1 entries but sample 1 has 2"):
+        L.row_minimums(((1, 1), (1,)), [2, 2])
+    v = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    kw = dict(keep_ratio=None, budget=3, method="adaptive", min_per_image=1)
+    with pytest.raises(ValueError, match="min_per_image asks for 4 visual tokens .* keeps 3"):
+        L.select([(v, [4, 4], None)], kw, [(2, 2)])
+
+
+def test_choose_does_not_merge_rows_with_different_minimums(monkeypatch):
+    calls = []
+    real = adaptive_prune.prune_batch
+    monkeypatch.setattr(
+        adaptive_prune, "prune_batch", lambda *a, **k: calls.append(len(a[2]) - 1) or real(*a, **k)
+    )
+    a = _sample(torch.Generator().manual_seed(8), [6, 6], key="a")
+    samples = [a, _clone(a), _clone(a, minimums=(0, 6)), _clone(a, minimums=(0, 6))]
+    kept = L.choose(samples, dict(keep_ratio=None, budget=6, method="adaptive", min_per_image=1))
+    assert calls == [1, 1]  # one request per distinct (sample, minimums)
+    assert torch.equal(kept[0], kept[1]) and torch.equal(kept[2], kept[3])
+    assert torch.equal(kept[2], a.rows[6:])  # the second image keeps all its 6 tokens
 
 
 def _fickle(seeds):

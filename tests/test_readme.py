@@ -42,3 +42,16 @@ def test_every_environment_variable_is_documented():
     assert used, "no environment variable found: the scan is broken"
     assert used <= documented, sorted(used - documented)
     assert documented <= used | {"TRITON_INTERPRET"}, sorted(documented - used)
+
+
+def test_readme_per_image_minimum_example_runs():
+    """The per-image minimum example runs as printed and protects the page."""
+    rest = README[README.index("**When to use per-image minimums.**") :]
+    code = rest[rest.index("```python\n") + 10 : rest.index("```\n", rest.index("```python"))]
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    names = [str(n) for n in scope["fx"]["names"]]
+    per_image = scope["res"].per_image.tolist()
+    assert per_image[names.index("page")] >= 144 and sum(per_image) == int(
+        0.25 * scope["vision"].shape[0] + 0.5
+    )

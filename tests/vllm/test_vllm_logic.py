@@ -26,6 +26,10 @@ from adaptive_prune.integrations.vllm import selection as sel
         ({"prune_mode": "magic"}, "prune_mode"),
         ({"min_per_image": 0}, "min_per_image"),
         ({"min_per_image": 1.5}, "min_per_image"),
+        ({"min_per_image": [1, 0]}, r"min_per_image\[1\]"),
+        ({"min_per_image": [1, "x"]}, r"min_per_image\[1\]"),
+        ({"min_per_image": [[1]]}, r"min_per_image\[0\]"),
+        ({"min_per_image": {"a": 1}}, "min_per_image"),
         ({"text_aware": "maybe"}, "text_aware"),
     ],
 )
@@ -57,8 +61,11 @@ def test_total_budget_matches_prune(n, kr):
 def _brute_force_counts(sizes, total, q, weights):
     """Reference: the water-filled real shares, then every integer rounding that sums to total
     and respects [min, m_k]; pick the one closest to the shares (L1), ties lexicographic by
-    preferring extra tokens on lower indices."""
-    base = [min(q, m) for m in sizes]
+    preferring extra tokens on lower indices. ``q``: one minimum, or one per item; ``weights``
+    None: the sizes."""
+    qs = list(q) if isinstance(q, (list, tuple)) else [q] * len(sizes)
+    weights = [float(m) for m in sizes] if weights is None else weights
+    base = [min(a, m) for a, m in zip(qs, sizes)]
     share = [float(b) for b in base]
     free = [k for k in range(len(sizes)) if sizes[k] > base[k]]
     left = total - sum(base)
@@ -114,6 +121,32 @@ def test_proportional_counts_follow_sizes():
 def test_counts_infeasible_minimum_is_an_error():
     with pytest.raises(ValueError, match="min_per_image=2"):
         al.allocate_counts([10, 10, 10], 5, 2)
+    with pytest.raises(ValueError, match=r"min_per_image entries \[1, 5, 1\]"):
+        al.allocate_counts([10, 10, 10], 6, [1, 5, 1])
+
+
+def test_per_item_minimums():
+    """A per-request list: one minimum per item (images, then videos), validated and digested;
+    the protected item keeps at least its minimum and the counts are the water-filling of the
+    rest, as with one minimum (the brute force of every rounding agrees)."""
+    opts = al.resolve_options({"min_per_image": [1, 30, 1]}, {})
+    assert opts.min_per_image == (1, 30, 1)
+    assert (
+        "min_per_image=(1, 30, 1)" in opts.digest()
+        and opts.digest() != al.PruneOptions(0.5).digest()
+    )
+    assert al.check_options(min_per_image=["2", 3]).min_per_image == (2, 3)
+    sizes, total = [24, 64, 18], 27
+    plain = al.allocate_counts(sizes, total, 1)
+    got = al.allocate_counts(sizes, total, [1, 1, 12])
+    assert sum(got) == total and got[2] >= 12 > plain[2], (plain, got)
+    want, _ = _brute_force_counts(sizes, total, [1, 1, 12], None)
+    assert got == want
+    assert al.allocate_counts(sizes, total, [2, 2, 2]) == al.allocate_counts(sizes, total, 2)
+    with pytest.raises(ValueError, match="min_per_image has 2 entries but the request has 3"):
+        al.allocate_counts(sizes, total, [1, 1])
+    with pytest.raises(ValueError, match="min_per_image has 2 entries but the request has 3"):
+        al.item_minimums((1, 1), 3)
 
 
 # ------------------------------------------------------------------------------------ signals

@@ -35,10 +35,10 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -135,7 +135,12 @@ class PruneHandle:
       listed), ascending. In a plain forward the returned logits / hidden states are in this
       compact layout: row ``b`` holds ``len(last_kept[b])`` real entries at its right end.
     - ``last_num_visual``: per row ``(visual tokens before, visual tokens kept)``.
+    - ``last_units``: per row, the token counts of its visual units (images, video frames) in
+      prompt order: what a per-image ``min_per_image`` list counts.
     - ``last_seq_len``: ``(unpruned prefill length L, pruned prefill length)``.
+
+    ``min_per_image`` can be changed between calls (``handle.min_per_image = ...``, validated
+    like :func:`attach`'s argument), e.g. to protect the document page of the next prompt.
     """
 
     def __init__(
@@ -169,7 +174,19 @@ class PruneHandle:
         self.attached = False
         self.last_kept: Optional[list[torch.Tensor]] = None
         self.last_num_visual: Optional[list[tuple[int, int]]] = None
+        self.last_units: Optional[list[list[int]]] = None
         self.last_seq_len: Optional[tuple[int, int]] = None
+
+    @property
+    def min_per_image(self) -> MinPerImage:
+        """The minimum tokens per image / video frame of the next prefills: an int for every
+        unit, a sequence with one int per unit of every row with visual units, or one such
+        sequence per sample of the batch (see :func:`attach`)."""
+        return self.prune_kwargs["min_per_image"]
+
+    @min_per_image.setter
+    def min_per_image(self, value: MinPerImage) -> None:
+        self.prune_kwargs["min_per_image"] = _check_min_per_image(value)
 
     # ------------------------------------------------------------------ lifecycle
     def _install(self) -> None:
@@ -512,19 +529,26 @@ class PruneHandle:
         text = L.text_mask(ids, real, vis, self._exclude.to(dev))
 
         # each row's units in placeholder order (images and videos interleaved)
+        units = [
+            L.unit_positions([tok[m][i] for m in _MODALITIES], [segs[m][i] for m in _MODALITIES])
+            for i in range(b)
+        ]
+        prune_kwargs = dict(self.prune_kwargs)
+        q = prune_kwargs["min_per_image"]
+        minimums = L.row_minimums(q, [len(u) for u in units])
+        if not isinstance(q, int):
+            prune_kwargs["min_per_image"] = 0  # every row with units has its own minimums
         samples: list[Optional[L.Sample]] = []
         for i in range(b):
-            units = L.unit_positions(
-                [tok[m][i] for m in _MODALITIES], [segs[m][i] for m in _MODALITIES]
-            )
-            if not units:  # a text-only sample in a batch with images
+            if not units[i]:  # a text-only sample in a batch with images
                 samples.append(None)
                 continue
-            rows = torch.cat(units)
+            rows = torch.cat(units[i])
             t = embeds[i, text[i]] if self.text_aware and bool(text[i].any()) else None
-            key = (tuple(ids[i].tolist()), tuple(real[i].tolist()))
-            samples.append(L.Sample(rows, [int(p.numel()) for p in units], embeds[i, rows], t, key))
-        kept_rows = L.choose(samples, self.prune_kwargs)
+            key = (tuple(ids[i].tolist()), tuple(real[i].tolist()), minimums[i])
+            lengths = [int(p.numel()) for p in units[i]]
+            samples.append(L.Sample(rows, lengths, embeds[i, rows], t, key, minimums[i]))
+        kept_rows = L.choose(samples, prune_kwargs)
         num_visual = [
             (0, 0) if s is None else (int(s.rows.numel()), int(k.numel()))
             for s, k in zip(samples, kept_rows)
@@ -547,6 +571,7 @@ class PruneHandle:
 
         self.last_kept = compact.kept
         self.last_num_visual = num_visual
+        self.last_units = [[] if s is None else list(s.units) for s in samples]
         self.last_seq_len = (length, compact.length)
         self._pending = _CacheState(
             True, length, compact.length, cmask, L.next_positions(pos_full, real)
@@ -631,12 +656,58 @@ def _check_keep(keep_ratio: Any, budget: Any) -> tuple[Optional[float], Optional
     return None, int(budget)
 
 
-def _check_min_per_image(q: Any) -> int:
-    if isinstance(q, bool) or not isinstance(q, Integral):
-        raise TypeError(f"min_per_image must be an int >= 0, got {q!r}")
-    if q < 0:
-        raise ValueError(f"min_per_image must be an int >= 0, got {q!r}")
-    return int(q)
+#: ``min_per_image``: an int, one int per image / video frame of a prompt, or one such
+#: sequence per sample of the batch.
+MinPerImage = Union[int, Sequence[int], Sequence[Sequence[int]], torch.Tensor]
+_MIN_FORMS = (
+    "an int >= 0, a sequence of ints >= 0 (one per image / video frame of the prompt, in "
+    "prompt order) or a sequence of such sequences (one per sample of the batch)"
+)
+
+
+def _min_ints(q: Any, where: str) -> tuple[int, ...]:
+    """A flat sequence of ints >= 0 (list, tuple, 1-D integer tensor) as a tuple."""
+    if isinstance(q, torch.Tensor):
+        if q.ndim != 1 or q.dtype.is_floating_point or q.dtype.is_complex or q.dtype == torch.bool:
+            raise TypeError(
+                f"{where} as a tensor must be 1-D with an integer dtype, got a {q.dtype} tensor "
+                f"of shape {tuple(q.shape)}"
+            )
+        q = q.tolist()
+    out = []
+    for k, v in enumerate(q):
+        if isinstance(v, bool) or not isinstance(v, Integral):
+            raise TypeError(f"{where}[{k}] must be an int >= 0, got {v!r}")
+        if v < 0:
+            raise ValueError(f"{where}[{k}] must be an int >= 0, got {v!r}")
+        out.append(int(v))
+    return tuple(out)
+
+
+def _check_min_per_image(q: Any) -> Union[int, tuple[int, ...], tuple[tuple[int, ...], ...]]:
+    """``min_per_image`` as an int, a tuple of ints or a tuple of int tuples (see
+    :func:`attach`); the lengths are checked against each prompt at the prefill."""
+    if isinstance(q, bool) or isinstance(q, (str, bytes)):
+        raise TypeError(f"min_per_image must be {_MIN_FORMS}, got {q!r}")
+    if isinstance(q, Integral):
+        if q < 0:
+            raise ValueError(f"min_per_image must be an int >= 0, got {q!r}")
+        return int(q)
+    if isinstance(q, torch.Tensor):
+        return _min_ints(q, "min_per_image")
+    if not isinstance(q, Sequence):
+        raise TypeError(f"min_per_image must be {_MIN_FORMS}, got {q!r}")
+    nested = [
+        isinstance(v, torch.Tensor) or (isinstance(v, Sequence) and not isinstance(v, (str, bytes)))
+        for v in q
+    ]
+    if not any(nested):
+        return _min_ints(q, "min_per_image")
+    if not all(nested):
+        raise TypeError(
+            f"min_per_image mixes ints and sequences; it must be {_MIN_FORMS}, got {q!r}"
+        )
+    return tuple(_min_ints(v, f"min_per_image[{k}]") for k, v in enumerate(q))
 
 
 def _check_flag(name: str, value: Any) -> bool:
@@ -686,7 +757,7 @@ def attach(
     budget: Optional[int] = None,
     method: str = "adaptive",
     text_aware: bool = True,
-    min_per_image: int = 1,
+    min_per_image: MinPerImage = 1,
     split_video_frames: bool = True,
     text_exclude_ids: Optional[Iterable[int]] = None,
     **options: Any,
@@ -704,8 +775,16 @@ def attach(
         method: selection method of :func:`adaptive_prune.prune` (``"adaptive"`` default).
         text_aware: give the pruner the prompt's own token embeddings (text tokens of that
             sample without padding, image/video placeholders and special tokens).
-        min_per_image: every image / video frame keeps at least this many tokens (lowered for a
-            sample whose budget cannot give every unit that many).
+        min_per_image: every image / video frame (each a unit; a whole video with
+            ``split_video_frames=False``) keeps at least this many tokens. An int applies to
+            every unit and is lowered for a sample whose budget cannot give every unit that
+            many. Per image: a sequence with one int per unit of the prompt, in prompt order
+            (every prefill row with images must have that many units), or one such sequence
+            per sample of the batch (``[[1, 200], [1]]``; beams and returned sequences of a
+            sample share its list). Per-image minimums are never lowered: a sample whose budget
+            cannot give them raises ``ValueError``, and so does a list whose length is not the
+            prompt's number of units (``handle.last_units`` lists them). Can be changed between
+            calls: ``handle.min_per_image = ...``.
         split_video_frames: each video frame is its own unit for the pruner (else each video).
         text_exclude_ids: extra token ids to leave out of the text given to the pruner (e.g.
             ``processor.tokenizer.all_special_ids``); image/video/vision start-end, bos, eos and

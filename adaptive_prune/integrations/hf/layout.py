@@ -4,10 +4,12 @@ One pruned prefill, in the order :mod:`.hooks` runs it:
 
 1. :func:`unit_positions` / :func:`contiguous_runs`: where each visual unit (an image, a video
    or a video frame) of a row sits; :func:`text_mask`: which tokens are the prompt's text.
-2. :func:`choose`: de-duplicate identical rows (:func:`deduplicate`; e.g. the beams of one
+2. :func:`row_minimums`: each row's per-unit minimums when the caller gave per-image ones;
+   :func:`choose`: de-duplicate identical rows (:func:`deduplicate`; e.g. the beams of one
    sample), select all distinct ones with one :func:`adaptive_prune.prune_batch` call per
-   distinct feasible minimum (:func:`select`: :func:`sample_budget`, :func:`feasible_min`,
-   :func:`pack`, :func:`split_by_budgets`), and map the choice back to positions of every row.
+   distinct feasible minimum, plus one for all rows with per-image minimums (:func:`select`:
+   :func:`sample_budget`, :func:`feasible_min`, :func:`pack`, :func:`split_by_budgets`), and map
+   the choice back to positions of every row.
 3. :func:`keep_mask` and :func:`compact_layout`: every row keeps its text and its chosen visual
    tokens, in order, right-aligned in ``Lp`` slots (left padding), and
 4. everything the language model reads is gathered with that one index:
@@ -37,6 +39,7 @@ __all__ = [
     "sample_budget",
     "feasible_min",
     "group_by_minimum",
+    "row_minimums",
     "pack",
     "split_by_budgets",
     "select",
@@ -103,7 +106,9 @@ class Sample:
     - ``units``: unit lengths (images / frames) in that order, summing to ``n``;
     - ``vision``: ``[n, D]`` the embeddings at ``rows``; ``text``: ``[M, D]`` or None;
     - ``key``: a cheap fingerprint (the row's ids and mask): rows with different keys are never
-      compared tensor by tensor.
+      compared tensor by tensor;
+    - ``minimums``: one minimum per unit (:func:`row_minimums`), or None for the handle's int
+      ``min_per_image``.
     """
 
     rows: torch.Tensor
@@ -111,14 +116,15 @@ class Sample:
     vision: torch.Tensor
     text: Optional[torch.Tensor]
     key: Hashable
+    minimums: Optional[tuple[int, ...]] = None
 
     def request(self) -> Request:
         return self.vision, self.units, self.text
 
 
 def same_sample(a: Sample, b: Sample) -> bool:
-    """Identical input to the selection: same units, same visual tokens, same text (or none)."""
-    if a.units != b.units or not torch.equal(a.vision, b.vision):
+    """Identical input to the selection: same units, minimums, visual tokens and text (or none)."""
+    if a.units != b.units or a.minimums != b.minimums or not torch.equal(a.vision, b.vision):
         return False
     if a.text is None or b.text is None:
         return a.text is None and b.text is None
@@ -171,6 +177,54 @@ def group_by_minimum(
     return groups
 
 
+def row_minimums(value: Any, units: Sequence[int]) -> list[Optional[tuple[int, ...]]]:
+    """Each prefill row's per-unit minimums from the handle's ``min_per_image`` setting.
+
+    Args:
+        value: an int (every unit: the handle's ``min_per_image``, lowered where a budget is
+            short; every row gets None), a tuple of ints (one per unit of every row that has
+            visual units: each such row must have that many) or a tuple of int tuples (one per
+            sample of the batch, in batch order; a sample's prefill rows are consecutive, as
+            ``generate`` expands beams and returned sequences, so row ``i`` belongs to sample
+            ``i // (rows // samples)``). Validated by the handle (ints >= 0).
+        units: number of visual units (images, video frames) of each prefill row.
+
+    Raises ``ValueError`` naming ``min_per_image`` when a length does not match.
+    """
+    n_rows = len(units)
+    if isinstance(value, int):
+        return [None] * n_rows
+    if all(isinstance(v, int) for v in value):  # one list for every row
+        out: list[Optional[tuple[int, ...]]] = []
+        for i, k in enumerate(units):
+            if k and len(value) != k:
+                raise ValueError(
+                    f"min_per_image has {len(value)} entries but prefill row {i} has {k} images "
+                    "/ video frames (its visual units, in prompt order; handle.last_units lists "
+                    "them after a prefill): give one minimum per unit, or one list per sample"
+                )
+            out.append(tuple(value) if k else None)
+        return out
+    n_samples = len(value)
+    if n_samples == 0 or n_rows % n_samples:
+        raise ValueError(
+            f"min_per_image has {n_samples} per-sample lists but the prefill has {n_rows} rows "
+            "(batch x num_beams x num_return_sequences): give one list per sample of the batch"
+        )
+    per = n_rows // n_samples
+    out = []
+    for i, k in enumerate(units):
+        q = value[i // per]
+        if len(q) != k:
+            raise ValueError(
+                f"min_per_image[{i // per}] has {len(q)} entries but sample {i // per} has {k} "
+                "images / video frames (its visual units, in prompt order; handle.last_units "
+                "lists them after a prefill)"
+            )
+        out.append(tuple(q) if k else None)
+    return out
+
+
 def pack(
     requests: Sequence[Request],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Optional[torch.Tensor]]]:
@@ -201,13 +255,20 @@ def split_by_budgets(
     return out
 
 
-def select(requests: Sequence[Request], prune_kwargs: dict[str, Any]) -> list[torch.Tensor]:
+def select(
+    requests: Sequence[Request],
+    prune_kwargs: dict[str, Any],
+    minimums: Optional[Sequence[Optional[tuple[int, ...]]]] = None,
+) -> list[torch.Tensor]:
     """Kept rows (ascending) of each request's ``vision``: one
     :func:`adaptive_prune.prune_batch` call for all of them (one per distinct feasible minimum,
-    which differs only when a request's budget cannot give every unit ``min_per_image``).
+    which differs only when a request's budget cannot give every unit ``min_per_image``, and
+    one for all requests with per-unit ``minimums``).
 
-    ``prune_kwargs``: ``keep_ratio`` or ``budget`` (the other None), ``min_per_image``, and
-    what else goes to ``prune_batch`` (``method``, the method's options).
+    ``prune_kwargs``: ``keep_ratio`` or ``budget`` (the other None), ``min_per_image`` (an int),
+    and what else goes to ``prune_batch`` (``method``, the method's options). ``minimums``: per
+    request, None (``min_per_image``, lowered to what the budget allows) or one minimum per unit,
+    which is never lowered: a request whose budget cannot give them raises ``ValueError``.
     """
     import adaptive_prune
 
@@ -215,11 +276,33 @@ def select(requests: Sequence[Request], prune_kwargs: dict[str, Any]) -> list[to
     ratio = kw.pop("keep_ratio")
     budget = kw.pop("budget")
     q = kw.pop("min_per_image")
+    minimums = [None] * len(requests) if minimums is None else list(minimums)
     budgets = [sample_budget(int(v.shape[0]), ratio, budget) for v, _, _ in requests]
-    groups = group_by_minimum([u for _, u, _ in requests], budgets, q)
+    plain = [i for i, m in enumerate(minimums) if m is None]
+    groups: dict[Any, list[int]] = {
+        q_i: [plain[j] for j in members]
+        for q_i, members in group_by_minimum(
+            [requests[i][1] for i in plain], [budgets[i] for i in plain], q
+        ).items()
+    }
+    per_unit = [i for i, m in enumerate(minimums) if m is not None]
+    for i in per_unit:
+        units, qs = requests[i][1], minimums[i]
+        need = sum(min(a, m) for a, m in zip(qs, units))
+        if need > budgets[i]:
+            raise ValueError(
+                f"min_per_image asks for {need} visual tokens (sum of min(minimum, tokens) over "
+                f"the {len(units)} images / frames of a sample with {sum(units)} visual tokens) "
+                f"but the sample keeps {budgets[i]}: raise keep_ratio / budget or lower "
+                "min_per_image"
+            )
+    if per_unit:
+        groups["per-unit"] = per_unit
     out: list[Optional[torch.Tensor]] = [None] * len(requests)
     for q_i, members in groups.items():
         vision, cu, ro, texts = pack([requests[i] for i in members])
+        if q_i == "per-unit":
+            q_i = [v for i in members for v in minimums[i]]  # one per image of the batch
         res = adaptive_prune.prune_batch(
             vision,
             cu,
@@ -245,7 +328,15 @@ def choose(
     alike even by a selector that is not deterministic; all distinct ones go to :func:`select`.
     """
     unique, owner = deduplicate(samples)
-    chosen = select([samples[i].request() for i in unique], prune_kwargs) if unique else []
+    chosen = (
+        select(
+            [samples[i].request() for i in unique],
+            prune_kwargs,
+            [samples[i].minimums for i in unique],
+        )
+        if unique
+        else []
+    )
     kept = []
     for i, c in zip(unique, chosen):
         rows = samples[i].rows

@@ -11,7 +11,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -45,7 +45,7 @@ DIVERSITY_FLOOR = 0.1
 class PruneOptions:
     keep_ratio: float = 1.0
     prune_mode: str = "proportional"
-    min_per_image: int = 1
+    min_per_image: Union[int, tuple[int, ...]] = 1  # or one per item: images, then videos
     text_aware: bool = True
 
     def digest(self) -> str:
@@ -91,21 +91,31 @@ def check_options(
         raise ValueError(
             f"adaptive_prune: prune_mode must be one of {', '.join(MODES)}, got {prune_mode!r}"
         )
-    if isinstance(min_per_image, str) and min_per_image.strip().lstrip("-").isdigit():
-        min_per_image = int(min_per_image)
-    if isinstance(min_per_image, bool) or not isinstance(min_per_image, Integral):
-        raise ValueError(
-            f"adaptive_prune: min_per_image must be an integer >= 1, got {min_per_image!r}"
+    if isinstance(min_per_image, (list, tuple)):
+        q: Union[int, tuple[int, ...]] = tuple(
+            _check_minimum(v, f"min_per_image[{k}]") for k, v in enumerate(min_per_image)
         )
-    if int(min_per_image) < 1:
+    else:
+        q = _check_minimum(min_per_image, "min_per_image")
+    return PruneOptions(kr, str(prune_mode), q, _parse_bool("text_aware", text_aware))
+
+
+def _check_minimum(value: Any, name: str) -> int:
+    """One item minimum: an int >= 1 (or its decimal string, as environment variables give)."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ValueError(
+            f"adaptive_prune: {name} must be an integer >= 1 (min_per_image: one int, or a list "
+            f"with one int per item, images then videos), got {value!r}"
+        )
+    if int(value) < 1:
         # vLLM cannot hold a multimodal item with zero placeholder tokens.
         raise ValueError(
-            f"adaptive_prune: min_per_image must be >= 1 (vLLM needs at least one token per "
-            f"item), got {min_per_image!r}"
+            f"adaptive_prune: {name} must be >= 1 (vLLM needs at least one token per item), got "
+            f"{value!r}"
         )
-    return PruneOptions(
-        kr, str(prune_mode), int(min_per_image), _parse_bool("text_aware", text_aware)
-    )
+    return int(value)
 
 
 def resolve_options(
@@ -130,15 +140,31 @@ def total_budget(num_tokens: int, keep_ratio: float) -> int:
     return int(math.floor(float(keep_ratio) * int(num_tokens) + 0.5))
 
 
+def item_minimums(min_per_item: Union[int, Sequence[int]], n_items: int) -> list[int]:
+    """One minimum per item: ``min_per_item`` repeated, or the list itself when its length is
+    ``n_items`` (``ValueError`` naming ``min_per_image`` otherwise)."""
+    if isinstance(min_per_item, Integral):
+        return [int(min_per_item)] * n_items
+    qs = [int(q) for q in min_per_item]
+    if len(qs) != n_items:
+        raise ValueError(
+            f"adaptive_prune: min_per_image has {len(qs)} entries but the request has "
+            f"{n_items} items (give one per item: its images, then its videos, each in prompt "
+            "order)"
+        )
+    return qs
+
+
 def allocate_counts(
     sizes: Sequence[int],
     total: int,
-    min_per_item: int = 1,
+    min_per_item: Union[int, Sequence[int]] = 1,
     weights: Optional[Sequence[float]] = None,
 ) -> list[int]:
     """Split ``total`` over items of ``sizes`` tokens.
 
-    Each item first gets ``min(min_per_item, m_k)``; the rest is shared in proportion to
+    Each item first gets ``min(q_k, m_k)`` (``min_per_item``: one ``q`` for every item, or one
+    per item in the order of ``sizes``); the rest is shared in proportion to
     ``weights`` (default: the sizes), capped at ``m_k`` (water-filling: cap, redistribute the
     excess, repeat), then rounded by largest remainder with ties to the lower index. The counts
     sum to ``total`` exactly.
@@ -149,12 +175,16 @@ def allocate_counts(
     n_all = sum(sizes)
     if not 0 <= total <= n_all:
         raise ValueError(f"adaptive_prune: total must be in [0, {n_all}], got {total}")
-    base = [min(min_per_item, m) for m in sizes]
+    qs = item_minimums(min_per_item, len(sizes))
+    if isinstance(min_per_item, Integral):
+        what = f"min_per_image={min_per_item} for each of its {len(sizes)} items"
+    else:
+        what = f"the min_per_image entries {qs}"
+    base = [min(q, m) for q, m in zip(qs, sizes)]
     if sum(base) > total:
         raise ValueError(
-            f"adaptive_prune: the request keeps {total} visual tokens, fewer than min_per_image="
-            f"{min_per_item} for each of its {len(sizes)} items ({sum(base)}); raise keep_ratio "
-            "or lower min_per_image"
+            f"adaptive_prune: the request keeps {total} visual tokens, fewer than {what} "
+            f"({sum(base)}); raise keep_ratio or lower min_per_image"
         )
     w = [float(m) for m in sizes] if weights is None else [float(x) for x in weights]
     if len(w) != len(sizes) or any(not math.isfinite(x) or x < 0 for x in w):

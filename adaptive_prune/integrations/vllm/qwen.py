@@ -40,6 +40,7 @@ from .allocation import (
     adaptive_weights,
     allocate_counts,
     frames_from_patches,
+    item_minimums,
     item_signals,
     request_digest,
     resolve_options,
@@ -112,6 +113,7 @@ class PruneProcessorMixin:
             sizes.append(int(grid.prod()) // merge**2)
         n_all = sum(sizes)
         total = total_budget(n_all, opts.keep_ratio)
+        item_minimums(opts.min_per_image, len(sizes))  # a per-item list of the wrong length
         if opts.keep_ratio >= 1.0:
             counts = list(sizes)
         elif opts.prune_mode == "proportional":

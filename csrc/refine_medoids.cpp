@@ -18,11 +18,7 @@
 // centres whose ub reaches the best so far minus a margin (1e-4, which covers the fp32
 // rounding of p, Q and the bound). A skipped centre provably has a smaller dot, so the result
 // is the dense argmax (dp = 0) bit for bit: every exact dot is the fixed-order `dot`. On real
-// tokens about 1-2 % of the (row, centre) pairs pass the bound at dp = 8-16. Groups with many
-// centres (>= kLeafMin) first bound whole leaves of <= 32 centres (a k-d split of their
-// projections): p_i . p_j <= p_i . c_b + |p_i| rho_b and e_i . e_j <= |e_i| max_b |e_j|, so
-// a row visits the leaf of largest bound, then only the leaves whose bound reaches its best
-// dot so far minus the margin: the work per row follows the centres near it, not |S|.
+// tokens about 1-2 % of the (row, centre) pairs pass the bound at dp = 16.
 //
 // Work: the projection of the group's rows (m x D x dp, once per call), m x |S| x dp for the
 // bounds and one dot of D per passing pair; the medoid step is O(m D). Parallel over chunks
@@ -38,9 +34,6 @@ constexpr float kMargin = 1e-4f;  // slack of the bound test (see above)
 constexpr float kResidualFloor = 1e-4f;  // added to |e|^2 before the root: inflates |e| only
 constexpr int64_t kMaxDp = 64;
 constexpr int64_t kRowGrain = 32;
-// Groups with at least kLeafMin centres bound whole leaves of at most kLeafC centres first.
-constexpr int64_t kLeafMin = 1024;
-constexpr int64_t kLeafC = 32;
 
 inline uint64_t mix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -84,89 +77,10 @@ struct Group {
   // the current step: centres (local positions, ascending), their projections [dp, c] and
   // residuals, the slot (centre index) of every position
   std::vector<int64_t> centres;
-  FloatBuf pc, rc;  // in leaf order when nb > 0
+  FloatBuf pc, rc;
   std::vector<int64_t> slot;
   std::vector<float> dist;
-  // leaves of centres (nb > 0 only): bounds [nb + 1] over the leaf order, the centre index of
-  // every leaf position, each leaf's projection centroid [nb, dp], radius and largest residual
-  int64_t nb = 0;
-  std::vector<int64_t> leaf, lslot;
-  FloatBuf lcent, lrad, lrmax;
 };
-
-// k-d split of positions [s, e) of perm (centre indices) on the projections p [dp, c]: halves
-// along the axis of largest spread until a range holds at most kLeafC centres.
-void kd_split(std::vector<int64_t>& perm, int64_t s, int64_t e, const float* p, int64_t dp,
-              int64_t c, std::vector<int64_t>& bounds) {
-  if (e - s <= kLeafC) {
-    bounds.push_back(e);
-    return;
-  }
-  int64_t axis = 0;
-  float spread = -1.f;
-  for (int64_t k = 0; k < dp; ++k) {
-    float lo = kInf, hi = -kInf;
-    for (int64_t l = s; l < e; ++l) {
-      lo = std::min(lo, p[k * c + perm[l]]);
-      hi = std::max(hi, p[k * c + perm[l]]);
-    }
-    if (hi - lo > spread) spread = hi - lo, axis = k;
-  }
-  const float* key = p + axis * c;
-  std::sort(perm.begin() + s, perm.begin() + e, [key](int64_t a, int64_t b) {
-    return key[a] != key[b] ? key[a] < key[b] : a < b;
-  });
-  const int64_t h = s + (e - s) / 2;
-  kd_split(perm, s, h, p, dp, c, bounds);
-  kd_split(perm, h, e, p, dp, c, bounds);
-}
-
-// Leaves of a group's centres (pc, rc in centre order on entry, in leaf order on return).
-// Leaf bound: p_i . p_j <= p_i . c_b + |p_i| rho_b and e_i . e_j <= |e_i| max_b |e_j| for
-// every centre j of leaf b (centroid c_b, radius rho_b in projection space, inflated).
-void build_leaves(Group& G) {
-  const int64_t c = static_cast<int64_t>(G.centres.size()), dp = G.dp;
-  G.nb = 0;
-  if (dp == 0 || c < kLeafMin) return;
-  std::vector<int64_t> perm(static_cast<size_t>(c));
-  std::iota(perm.begin(), perm.end(), 0);
-  G.leaf.assign(1, 0);
-  kd_split(perm, 0, c, G.pc.data(), dp, c, G.leaf);
-  FloatBuf pl(G.pc.size()), rl(G.rc.size());
-  for (int64_t k = 0; k < dp; ++k)
-    for (int64_t l = 0; l < c; ++l) pl[k * c + l] = G.pc[k * c + perm[l]];
-  for (int64_t l = 0; l < c; ++l) rl[l] = G.rc[perm[l]];
-  G.pc.swap(pl);
-  G.rc.swap(rl);
-  G.lslot = perm;
-  const int64_t nb = static_cast<int64_t>(G.leaf.size()) - 1;
-  G.lcent.assign(static_cast<size_t>(nb * dp), 0.f);
-  G.lrad.assign(static_cast<size_t>(nb), 0.f);
-  G.lrmax.assign(static_cast<size_t>(nb), 0.f);
-  for (int64_t b = 0; b < nb; ++b) {
-    const int64_t s = G.leaf[b], e = G.leaf[b + 1];
-    float* cb = G.lcent.data() + b * dp;
-    for (int64_t k = 0; k < dp; ++k) {
-      double sum = 0.0;
-      for (int64_t l = s; l < e; ++l) sum += G.pc[k * c + l];
-      cb[k] = static_cast<float>(sum / double(e - s));
-    }
-    double rad = 0.0;
-    float rmax = 0.f;
-    for (int64_t l = s; l < e; ++l) {
-      double d2 = 0.0;
-      for (int64_t k = 0; k < dp; ++k) {
-        const double t = double(G.pc[k * c + l]) - double(cb[k]);
-        d2 += t * t;
-      }
-      rad = std::max(rad, d2);
-      rmax = std::max(rmax, G.rc[l]);
-    }
-    G.lrad[b] = static_cast<float>(std::sqrt(rad) * (1.0 + 1e-5) + 1e-5);
-    G.lrmax[b] = rmax;
-  }
-  G.nb = nb;
-}
 
 // Q [dp, D] from a sign sketch of the rows X [n, D], orthonormalised twice (CGS2); rows that
 // fall (numerically) in the span of earlier ones become zero, so Q^T Q stays a projector.
@@ -227,35 +141,6 @@ void project_group(Group& G, const float* xg, int64_t D) {
   }
 }
 
-// Leaf b of group G against row i (projection pi, residual ri): the exact dot of every centre
-// whose bound reaches best - margin (the centre of largest bound first when nothing is known
-// yet); updates (best, bs), ties to the lower centre index.
-AP_INLINE void visit_leaf(const Group& G, const float* xg, int64_t D, const float* xi,
-                          const float* pi, float ri, int64_t b, float& best, int64_t& bs) {
-  const int64_t c = static_cast<int64_t>(G.centres.size()), dp = G.dp;
-  const int64_t s = G.leaf[b], n = G.leaf[b + 1] - s;
-  float lu[kLeafC];
-  for (int64_t l = 0; l < n; ++l) lu[l] = ri * G.rc[s + l];
-  for (int64_t k = 0; k < dp; ++k) {
-    const float* __restrict row = G.pc.data() + k * c + s;
-    for (int64_t l = 0; l < n; ++l) lu[l] += pi[k] * row[l];
-  }
-  int64_t first = -1;
-  if (bs < 0) {
-    first = 0;
-    for (int64_t l = 1; l < n; ++l)
-      if (lu[l] > lu[first]) first = l;
-    bs = G.lslot[s + first];
-    best = dot(xi, xg + G.centres[bs] * D, D);
-  }
-  for (int64_t l = 0; l < n; ++l) {
-    if (l == first || lu[l] < best - kMargin) continue;
-    const int64_t sl = G.lslot[s + l];
-    const float v = dot(xi, xg + G.centres[sl] * D, D);
-    if (v > best || (v == best && sl < bs)) best = v, bs = sl;
-  }
-}
-
 // nearest centre of row i (local position) of group G: (slot, exact dot); ub: scratch [c]
 AP_HOT std::pair<int64_t, float> nearest(const Group& G, const float* xg, int64_t D, int64_t i,
                                          float* __restrict ub) {
@@ -273,32 +158,6 @@ AP_HOT std::pair<int64_t, float> nearest(const Group& G, const float* xg, int64_
   }
   const int64_t dp = G.dp;
   const float ri = G.r[i];
-  if (G.nb > 0) {
-    // leaf bounds first; a leaf whose bound is below the best dot so far minus the margin
-    // holds no centre that can win or tie
-    float pi[kMaxDp];
-    double pn2 = 0.0;
-    for (int64_t k = 0; k < dp; ++k) {
-      pi[k] = G.pT[k * G.m + i];
-      pn2 += double(pi[k]) * double(pi[k]);
-    }
-    const float pn = static_cast<float>(std::sqrt(pn2) * (1.0 + 1e-5));
-    const int64_t nb = G.nb;
-    int64_t b0 = 0;
-    for (int64_t b = 0; b < nb; ++b) {
-      const float* cb = G.lcent.data() + b * dp;
-      float v = ri * G.lrmax[b] + pn * G.lrad[b];
-      for (int64_t k = 0; k < dp; ++k) v += pi[k] * cb[k];
-      ub[b] = v;
-      if (v > ub[b0]) b0 = b;
-    }
-    float best = -kInf;
-    int64_t bs = -1;
-    visit_leaf(G, xg, D, xi, pi, ri, b0, best, bs);
-    for (int64_t b = 0; b < nb; ++b)
-      if (b != b0 && ub[b] >= best - kMargin) visit_leaf(G, xg, D, xi, pi, ri, b, best, bs);
-    return {bs, best};
-  }
   const float* __restrict rc = G.rc.data();
   for (int64_t s = 0; s < c; ++s) ub[s] = ri * rc[s];
   for (int64_t k = 0; k < dp; ++k) {
@@ -467,7 +326,6 @@ py::array_t<bool> refine_medoids_py(const F32& vision, const I64& pool, const I6
           for (int64_t k = 0; k < dp; ++k) G.pc[k * c + s] = G.pT[k * G.m + G.centres[s]];
           G.rc[s] = G.r[G.centres[s]];
         }
-        build_leaves(G);
         G.slot.assign(static_cast<size_t>(G.m), -1);
         G.dist.assign(static_cast<size_t>(G.m), 0.f);
         for (int64_t s = 0; s < c; ++s) G.slot[G.centres[s]] = s;

@@ -29,7 +29,6 @@ import torch
 from _backends import BACKENDS, call, opcheck, require
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-import adaptive_prune
 from adaptive_prune import ops
 from adaptive_prune.ops.refine_medoids import TIE
 
@@ -205,22 +204,6 @@ def test_cpp_projection_is_exact(proj_dim):
     for threads in (1, 3):
         (again,) = call("cpp", OP, args, keep_cpu=(2,), proj_dim=proj_dim, num_threads=threads)
         assert torch.equal(again, got)
-
-
-def test_cpp_leaf_bounds_are_exact():
-    """A group with over 1024 centres (the C++ search bounds leaves of centres first): the same
-    keep mask as the reference and as the dense search, on blob data with few ties."""
-    require("cpp")
-    x, pool, go, image, keep, movable = make_case(
-        7, [2600, 2000], [4600], dim=24, blobs=40, noise=0.25, frac=0.24
-    )
-    args = (x.float(), pool, go, image, keep, movable, 2, EPS)
-    with adaptive_prune.backend("reference"):
-        want = ops.ALL_OPS[OP](*args)
-    assert int(keep.sum()) >= 1024 and not torch.equal(want, keep)
-    for proj_dim in (0, 8):
-        (got,) = call("cpp", OP, args, keep_cpu=(2,), proj_dim=proj_dim, num_threads=2)
-        assert torch.equal(got, want), proj_dim
 
 
 def kcentre_and_sum(xh, keep):

@@ -74,7 +74,7 @@ def reference(
     - ``mu [n, D]``: the image mean directions ``mu_k`` above (0 for empty images).
     - ``a_i``: mean (``align="mean"``) or max (``align="max"``) of ``cos(x_i, t)`` over the
       text rows ``t`` of token ``i``'s request (the cosines of ``att``'s logits); 0 without
-      text. ``token_alignment`` gives the same values for any subset of the tokens.
+      text. ``token_alignment`` computes the same quantity for any subset of the tokens.
     """
     cd = compute_dtype(vision.dtype)
     dev = vision.device

@@ -3,7 +3,8 @@
 One op per module, each with a private ``_<op>_kernel`` (plus helpers) and a public
 ``<op>_fwd`` launcher taking the op's arguments:
 
-- :mod:`.budget_scores`    stage 0: norms, per-image sums, image similarity, multiplicity, att
+- :mod:`.budget_scores`    stage 0: norms, per-image sums, image similarity, multiplicity, att,
+  image mean directions, every token's text alignment
 - :mod:`.allocate_budgets` per-image budgets (water-filling + largest remainder)
 - :mod:`.token_alignment`  mean/max cosine of selected tokens to their request's text
 - :mod:`.token_similarity` tiled cosine similarity: per-segment blocks and row reductions

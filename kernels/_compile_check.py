@@ -106,10 +106,11 @@ def variants():
             budget_scores._budget_scores_tile_kernel,
             {"x_ptr": "*bf16", "t_ptr": "*bf16", "cu_ptr": "*i64", "tcum_ptr": "*i64",
              "ireq_ptr": "*i64", "to_ptr": "*i64", "part_ptr": "*fp32", "sqp_ptr": "*fp32",
-             "lmax_ptr": "*fp32", "lsum_ptr": "*fp32", "n": "i32", "D": "i32",
-             "stride_x": "i32", "stride_t": "i32", "MT": "i32", "eps": "fp32", "tau_a": "fp32"},
-            {"HAS_TEXT": text, "BT": g("rows_tile"), "BD": g("budget_cols"), "BMT": 64,
-             "BLOCK_N": 32, "PREC": "tf32"},
+             "lmax_ptr": "*fp32", "lsum_ptr": "*fp32", "al_ptr": "*fp32", "n": "i32",
+             "D": "i32", "stride_x": "i32", "stride_t": "i32", "MT": "i32", "eps": "fp32",
+             "tau_a": "fp32"},
+            {"HAS_TEXT": text, "ALIGN_MAX": False, "BT": g("rows_tile"), "BD": g("budget_cols"),
+             "BMT": 64, "BLOCK_N": 32, "PREC": "tf32"},
             {"num_warps": 8},
         ))  # fmt: skip
         out.append((

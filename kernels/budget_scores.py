@@ -1,4 +1,5 @@
-"""Stage 0: per-image redundancy scores from one pass over ``vision`` (varlen, batched).
+"""Stage 0: per-image redundancy scores and per-token text alignment from one pass over
+``vision`` (varlen, batched).
 
 Maths (docs/METHOD.md, Stage 0), for image ``k`` of request ``r``:
 
@@ -8,17 +9,21 @@ Maths (docs/METHOD.md, Stage 0), for image ``k`` of request ``r``:
 - ``mult_k = sum_{l live} exp(-(1 - C_kl) / sigma)`` (0 for an empty image);
 - ``D_inter(r) = mean over ordered live pairs k != l of (1 - C_kl)`` (0 with < 2 live images);
 - ``att_k = mean over text rows t of sum_{i in k} softmax_i(tau_a cos(t, x_i))`` where the
-  softmax runs over all tokens of the request (0 without text).
+  softmax runs over all tokens of the request (0 without text);
+- ``a_i = mean`` (or ``max``, ``ALIGN_MAX``) ``over text rows t of cos(x_i, t)`` for every token
+  of a request with text (0 otherwise): the cosines of the logits above.
 
 Shapes: ``vision [N, D]``, ``cu_seqlens [n+1]``, ``req_offsets [R+1]``, ``text [M, D]``,
-``text_offsets [R+1]``; outputs ``d_intra, mult, att [n]`` and ``d_inter [R]``, fp32.
+``text_offsets [R+1]``; outputs ``d_intra, mult, att [n]``, ``d_inter [R]``, ``mu [n, D]``
+(from ``s_k``, one small torch op after the launches) and ``a [N]``, fp32.
 Reference: :func:`adaptive_prune.reference.budget_scores`.
 
 Launches (no atomics: deterministic):
 
 1. ``_budget_scores_tile_kernel``, one program per tile of ``BT`` rows of one image: row norms,
    the tile's column sums of ``x̂`` (``[T, D]`` partials), ``sum ||x̂||^2``, and with text the
-   tile's logits ``tau_a cos(x_i, t)`` reduced to a per-text-row (max, sum of exp) pair.
+   tile's cosines ``cos(x_i, t)``: reduced per row to ``a_i``, and as logits ``tau_a cos`` to a
+   per-text-row (max, sum of exp) pair.
    ``vision`` is read once (twice per tile from cache); the ``N x M`` logits are never stored.
 2. ``_budget_scores_image_kernel``, one program per (image, column chunk): ``s_k``, ``q_k`` and
    the image's softmax partials (log-sum-exp merge of its tiles).
@@ -63,6 +68,7 @@ def _budget_scores_tile_kernel(
     sqp_ptr,  # [T] fp32 out: sum of ||x̂||^2 per tile
     lmax_ptr,  # [T, MT] fp32 out: max logit per text row
     lsum_ptr,  # [T, MT] fp32 out: sum exp(logit - max) per text row
+    al_ptr,  # [N] fp32 out: text alignment of every token (HAS_TEXT)
     n,
     D,
     stride_x,
@@ -71,6 +77,7 @@ def _budget_scores_tile_kernel(
     eps,
     tau_a,
     HAS_TEXT: tl.constexpr,
+    ALIGN_MAX: tl.constexpr,
     BT: tl.constexpr,
     BD: tl.constexpr,
     BMT: tl.constexpr,
@@ -102,6 +109,8 @@ def _budget_scores_tile_kernel(
         i_r = tl.load(ireq_ptr + i_k)
         ta = tl.load(to_ptr + i_r)
         tm = tl.load(to_ptr + i_r + 1) - ta
+        a_sum = tl.zeros((BT,), dtype=tl.float32)
+        a_max = tl.full((BT,), float("-inf"), dtype=tl.float32)
         for j0 in range(0, tm, BMT):
             o_j = j0 + tl.arange(0, BMT)  # [BMT]
             m_j = o_j < tm
@@ -116,12 +125,19 @@ def _budget_scores_tile_kernel(
                 acc = tl.dot(b_x, tl.trans(b_t), acc, input_precision=PREC)
                 ft = b_t.to(tl.float32)
                 sst += tl.sum(ft * ft, axis=1)
-            logit = tau_a * (acc * inv[:, None] * _inv_norm(sst, eps)[None, :])  # [BT, BMT]
-            logit = tl.where(m_r[:, None], logit, float("-inf"))
+            cos = acc * inv[:, None] * _inv_norm(sst, eps)[None, :]  # [BT, BMT]
+            a_sum += tl.sum(tl.where(m_j[None, :], cos, 0.0), axis=1)
+            a_max = tl.maximum(a_max, tl.max(tl.where(m_j[None, :], cos, float("-inf")), axis=1))
+            logit = tl.where(m_r[:, None], tau_a * cos, float("-inf"))
             lm = tl.max(logit, axis=0)  # [BMT], finite: the tile has >= 1 row
             ls = tl.sum(tl.exp(logit - lm[None, :]), axis=0)
             tl.store(lmax_ptr + i_t * MT + o_j, lm, mask=m_j)
             tl.store(lsum_ptr + i_t * MT + o_j, ls, mask=m_j)
+        if ALIGN_MAX:
+            b_a = tl.where(tm > 0, a_max, 0.0)
+        else:
+            b_a = a_sum / tl.maximum(tm, 1).to(tl.float32)
+        tl.store(al_ptr + o_r, b_a, mask=m_r)
 
 
 @triton.jit(do_not_specialize=["MT"])
@@ -312,9 +328,13 @@ def budget_scores_fwd(
     sigma: float,
     tau_a: float,
     eps: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``adaptive_prune::budget_scores`` on the device: ``(d_intra, mult, att [n], d_inter [R])``
-    fp32. Offsets may be CPU tensors (no host sync) or device tensors (one sync each)."""
+    align: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``adaptive_prune::budget_scores`` on the device: ``(d_intra, mult, att [n], d_inter [R],
+    mu [n, D], a [N])`` fp32. Offsets may be CPU tensors (no host sync) or device tensors (one sync
+    each)."""
+    if align not in ("mean", "max"):
+        raise ValueError(f"align must be 'mean' or 'max', got {align!r}")
     x = kernel_input(vision)
     dev = x.device
     cu = host_ints(cu_seqlens)
@@ -331,8 +351,10 @@ def budget_scores_fwd(
     mult = empty(n, f32, dev)
     att = empty(n, f32, dev)
     d_inter = empty(R, f32, dev)
+    a = empty(x.shape[0], f32, dev) if has_text else torch.zeros(x.shape[0], dtype=f32, device=dev)
     if R == 0:
-        return d_intra.zero_(), mult.zero_(), att.zero_(), d_inter
+        mu = torch.zeros((n, D), dtype=f32, device=dev)
+        return d_intra.zero_(), mult.zero_(), att.zero_(), d_inter, mu, a
     BT = cfg("rows_tile")
     BD = min(cfg("budget_cols"), max(16, next_pow2(D)))
     tcum = tile_cum(sizes_of(cu), BT)
@@ -356,9 +378,9 @@ def budget_scores_fwd(
     with set_device(dev):
         if T > 0:
             _budget_scores_tile_kernel[(T,)](
-                x, t, cu_d, tcum_d, ireq_d, to_d, part, sqp, lmax, lsum,
+                x, t, cu_d, tcum_d, ireq_d, to_d, part, sqp, lmax, lsum, a,
                 n, D, x.stride(0), t.stride(0), MTs, float(eps), float(tau_a),
-                HAS_TEXT=has_text, BT=BT, BD=BD, BMT=BMT,
+                HAS_TEXT=has_text, ALIGN_MAX=align == "max", BT=BT, BD=BD, BMT=BMT,
                 BLOCK_N=min(1024, next_pow2(n + 1)), PREC=dot_precision(x.dtype),
                 num_warps=8,
             )  # fmt: skip
@@ -375,7 +397,9 @@ def budget_scores_fwd(
             D, MTs, float(sigma), float(eps),
             HAS_TEXT=has_text, BN=BN, BD=min(32, max(16, next_pow2(D))), BMT=BMT, num_warps=8,
         )  # fmt: skip
-    return d_intra, mult, att, d_inter
+    s = s[:n]
+    mu = s / s.norm(dim=1, keepdim=True).clamp_min(eps)
+    return d_intra, mult, att, d_inter, mu, a
 
 
 __all__ = ["budget_scores_fwd"]

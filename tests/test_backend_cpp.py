@@ -347,7 +347,7 @@ def test_thread_count_does_not_change_results(real):
             outs.append(
                 (
                     CPP.greedy_select(x, cu, budgets, "maxmin", EPS, -1),
-                    CPP.budget_scores(x, cu, ro, None, None, 0.05, 10.0, EPS),
+                    CPP.budget_scores(x, cu, ro, None, None, 0.05, 10.0, EPS, "mean"),
                     res.indices,
                 )
             )
@@ -364,18 +364,24 @@ def test_thread_count_does_not_change_results(real):
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
 @pytest.mark.parametrize("with_text", [False, True], ids=["no-text", "text"])
-def test_budget_scores_matches_reference(dtype, with_text):
+@pytest.mark.parametrize("align", ["mean", "max"])
+def test_budget_scores_matches_reference(dtype, with_text, align):
     counts = [50, 0, 1, 77, 20, 33, 2]
     x, cu = random_tokens(counts, dim=40, seed=5, dtype=DTYPES[dtype])
     ro = torch.tensor([0, 1, 4, 4, 7])  # includes an empty request
     text = torch.randn(9, 40, generator=torch.Generator().manual_seed(1)).to(DTYPES[dtype])
     to = torch.tensor([0, 3, 3, 3, 9]) if with_text else None
-    args = (x, cu, ro, text if with_text else None, to, 0.05, 10.0, EPS)
+    args = (x, cu, ro, text if with_text else None, to, 0.05, 10.0, EPS, align)
     want = ref.budget_scores(*args)
     got = _op.budget_scores(*args)
-    for w, gv, name in zip(want, got, ["d_intra", "mult", "att", "d_inter"]):
+    assert len(got) == len(want) == 6
+    for w, gv, name in zip(want, got, ["d_intra", "mult", "att", "d_inter", "mu", "a"]):
         assert gv.dtype == torch.float32 and gv.shape == w.shape, name
         torch.testing.assert_close(gv, w, atol=2e-5, rtol=2e-5, msg=name)
+    if with_text:  # the alignment is the C++ token_alignment's, bitwise, on every token
+        rows = torch.arange(x.shape[0])
+        a = _op.token_alignment(x, rows, cu[ro], text, to, align, EPS)
+        assert torch.equal(got[5], a)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
@@ -493,7 +499,7 @@ def test_float64_stays_on_reference():
     assert torch.equal(
         _op.greedy_select(x, cu, b, "maxmin", EPS), ref.greedy_select(x, cu, b, "maxmin", EPS)
     )
-    d = _op.budget_scores(x, cu, torch.tensor([0, 2]), None, None, 0.05, 10.0, EPS)
+    d = _op.budget_scores(x, cu, torch.tensor([0, 2]), None, None, 0.05, 10.0, EPS, "mean")
     assert d[0].dtype == torch.float64
     # the C++ implementation itself computes in fp32: fp64 is routed around it
     assert torch.equal(
@@ -518,9 +524,9 @@ def _cpp_samples():
     image = torch.tensor([0, 0, 0, 2, 2, 3, 3, 3, 3])  # the images of the pool rows
     return {
         "budget_scores": [
-            (x, cu, ro, text, to, 0.05, 10.0, EPS),
-            (x.half(), cu.int(), ro, None, None, 0.5, 1.0, EPS),
-            (nc, cu, ro, text.t().contiguous().t(), to, 0.05, 10.0, EPS),
+            (x, cu, ro, text, to, 0.05, 10.0, EPS, "mean"),
+            (x.half(), cu.int(), ro, None, None, 0.5, 1.0, EPS, "max"),
+            (nc, cu, ro, text.t().contiguous().t(), to, 0.05, 10.0, EPS, "max"),
         ],
         "allocate_budgets": [
             (
@@ -580,8 +586,10 @@ def test_core_takes_and_returns_numpy():
     rank = _core.greedy_select(xn, cun, np.array([3, 2]), "maxmin", EPS, num_threads=2)
     assert isinstance(rank, np.ndarray) and rank.dtype == np.int64 and rank.shape == (12,)
     assert np.array_equal(rank, ref.greedy_select(x, cu, torch.tensor([3, 2]), "maxmin", EPS))
-    out = _core.budget_scores(xn, cun, np.array([0, 2]), None, None, 0.05, 10.0, EPS, num_threads=1)
-    assert isinstance(out, tuple) and [a.dtype for a in out] == [np.float32] * 4
+    out = _core.budget_scores(
+        xn, cun, np.array([0, 2]), None, None, 0.05, 10.0, EPS, "mean", num_threads=1
+    )
+    assert isinstance(out, tuple) and [a.dtype for a in out] == [np.float32] * 6
     with pytest.raises(TypeError):  # num_threads is keyword-only and required
         _core.greedy_select(xn, cun, np.array([3, 2]), "maxmin", EPS, 1)
     with pytest.raises(ValueError, match="num_threads"):

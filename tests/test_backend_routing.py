@@ -169,9 +169,10 @@ def test_empty_input_goes_to_the_reference(name):
         assert backends.serving("greedy_select", "cpu", args) == ("reference", {})
         assert torch.ops.adaptive_prune.greedy_select(*args).shape == (0,)
         scores = torch.ops.adaptive_prune.budget_scores(
-            x, offsets([0, 0]), offsets([2]), None, None, 0.05, 10.0, EPS
+            x, offsets([0, 0]), offsets([2]), None, None, 0.05, 10.0, EPS, "mean"
         )
-    assert [s.tolist() for s in scores] == [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0]]
+    zeros = [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0], [[0.0] * 8, [0.0] * 8], []]
+    assert [s.tolist() for s in scores] == zeros
 
 
 # --------------------------------------------------------------------------------------------

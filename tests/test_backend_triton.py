@@ -376,7 +376,7 @@ def test_bfloat16_is_upcast_under_the_interpreter():
     reserved = torch.zeros(30, dtype=torch.bool)
     reserved[[0, 3]] = True
     calls = {
-        "budget_scores": (x, cu, ro, t, to, 0.05, 10.0, EPS),
+        "budget_scores": (x, cu, ro, t, to, 0.05, 10.0, EPS, "max"),
         "greedy_select": (x, cu, bud, "maxmin", EPS),
         "global_greedy": (x, pool, po, reserved, [12], EPS),
         "token_alignment": (x, pool, po, t, to, "max", EPS),

@@ -120,13 +120,22 @@ def _bad_calls():
     pool, po = torch.tensor([0, 3, 7, 9]), torch.tensor([0, 4])
     res = torch.tensor([True, False, False, False])
     return [
-        ("budget_scores", (x, cu, ro, t, to, 1e-300, 10.0, 1e-6), "sigma"),
-        ("budget_scores", (x, cu, ro, t, to, 0.05, 1e300, 1e-6), "tau_a"),
-        ("budget_scores", (x, cu, ro, t, to, 0.05, 10.0, 0.0), "eps"),
-        ("budget_scores", (x, cu, ro, t, None, 0.05, 10.0, 1e-6), "text_offsets"),
-        ("budget_scores", (x, cu, ro, t.double(), to, 0.05, 10.0, 1e-6), "text"),
-        ("budget_scores", (x, cu, torch.tensor([0, 2]), None, None, 0.05, 10.0, 1e-6), "req_off"),
-        ("budget_scores", (x, torch.tensor([0, 7, 5, 12]), ro, None, None, 0.05, 1, 1e-6), "cu_"),
+        ("budget_scores", (x, cu, ro, t, to, 1e-300, 10.0, 1e-6, "mean"), "sigma"),
+        ("budget_scores", (x, cu, ro, t, to, 0.05, 1e300, 1e-6, "mean"), "tau_a"),
+        ("budget_scores", (x, cu, ro, t, to, 0.05, 10.0, 0.0, "mean"), "eps"),
+        ("budget_scores", (x, cu, ro, t, to, 0.05, 10.0, 1e-6, "sum"), "align"),
+        ("budget_scores", (x, cu, ro, t, None, 0.05, 10.0, 1e-6, "mean"), "text_offsets"),
+        ("budget_scores", (x, cu, ro, t.double(), to, 0.05, 10.0, 1e-6, "mean"), "text"),
+        (
+            "budget_scores",
+            (x, cu, torch.tensor([0, 2]), None, None, 0.05, 10.0, 1e-6, "mean"),
+            "req_off",
+        ),
+        (
+            "budget_scores",
+            (x, torch.tensor([0, 7, 5, 12]), ro, None, None, 0.05, 1, 1e-6, "max"),
+            "cu_",
+        ),
         ("greedy_select", (x, cu, torch.tensor([8, 0, 1]), "maxmin", 1e-6), r"budgets\[0\]"),
         ("greedy_select", (x, cu, torch.tensor([1, 1, 1]), "maxmin", 1e-6), r"budgets\[1\]"),
         ("greedy_select", (x, cu, torch.tensor([1, 0]), "maxmin", 1e-6), "budgets has 2"),

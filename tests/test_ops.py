@@ -25,9 +25,9 @@ def sample_args():
     align = torch.tensor([0.1, 0.5, 0.2, 0.3, 0.9, 0.4, 0.0])
     return {
         "budget_scores": [
-            (x, cu, ro, text, to, 0.05, 10.0, 1e-6),
-            (x.half(), cu.int(), ro, None, None, 0.5, 1.0, 1e-6),
-            (x.t().contiguous().t(), cu, ro, text[:, ::1], to, 0.05, 10.0, 1e-6),
+            (x, cu, ro, text, to, 0.05, 10.0, 1e-6, "mean"),
+            (x.half(), cu.int(), ro, None, None, 0.5, 1.0, 1e-6, "max"),
+            (x.t().contiguous().t(), cu, ro, text[:, ::1], to, 0.05, 10.0, 1e-6, "max"),
         ],
         "allocate_budgets": [
             (

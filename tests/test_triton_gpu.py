@@ -111,8 +111,9 @@ def test_large_shape_stages_against_reference():
     x, cu = tokens([576] * 16, dim=3584, dtype=torch.bfloat16)
     text = tokens([64], dim=3584, seed=9, dtype=torch.bfloat16)[0]
     ro, to = torch.tensor([0, 16]), torch.tensor([0, 64])
-    got = budget_scores_fwd(x, cu, ro, text, to, 0.05, 10.0, EPS)
-    want = ref.budget_scores(x, cu, ro, text, to, 0.05, 10.0, EPS)
+    got = budget_scores_fwd(x, cu, ro, text, to, 0.05, 10.0, EPS, "mean")
+    want = ref.budget_scores(x, cu, ro, text, to, 0.05, 10.0, EPS, "mean")
+    assert len(got) == len(want) == 6
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
 
@@ -211,7 +212,7 @@ def test_opcheck_on_cuda(offsets_on):
     reserved = torch.tensor([1, 0, 0, 1, 0, 0, 0], dtype=torch.bool, device="cuda")
     w = torch.tensor([1.0, 0.0, 2.0, 0.5], device="cuda")
     samples = {
-        "budget_scores": (x, cu, ro, t, to, 0.05, 10.0, EPS),
+        "budget_scores": (x, cu, ro, t, to, 0.05, 10.0, EPS, "mean"),
         "allocate_budgets": (w, off([7, 0, 20, 1]), off([1, 0, 1, 1]), ro, off([4, 10])),
         "greedy_select": (x, cu, torch.tensor([3, 0, 20, 1], device="cuda"), "maxmin", EPS),
         "global_greedy": (x, pool, po, reserved, [2, 3], EPS),

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     diag = res.diagnostics
     if diag is None:  # baselines: show the same stage-0 scores for comparison
-        d_intra, mult, att, _ = reference.budget_scores(
+        d_intra, mult, att, *_ = reference.budget_scores(
             vision,
             cu,
             torch.tensor([0, len(names)]),

@@ -140,6 +140,7 @@ class Scores:
     weights: torch.Tensor  # [n] allocation weights w_k
     rho: torch.Tensor  # [R] D_inter / (mean D_intra + D_inter + eps)
     sim: torch.Tensor  # [sum_r n_r^2] image similarities C_kl, request blocks, row-major
+    align: torch.Tensor  # [N] every token's text alignment (0 without text)
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ def stage0_scores(vision: torch.Tensor, text, plan: Plan, o: dict) -> Scores:
     R = plan.R
     has_text = text is not None and plan.has_text
     eps = float(o["eps"])
-    d_intra, mult, att, d_inter = _op.budget_scores(
+    d_intra, mult, att, d_inter, mu, align = _op.budget_scores(
         vision,
         torch.tensor(plan.cu, dtype=torch.int64),
         torch.tensor(plan.ro, dtype=torch.int64),
@@ -193,6 +194,7 @@ def stage0_scores(vision: torch.Tensor, text, plan: Plan, o: dict) -> Scores:
         float(o["sigma"]),
         float(o["tau_a"]),
         eps,
+        str(o["align"]),
     )
     m = to_device(plan.counts, dev, d_intra.dtype)
     live = m > 0
@@ -209,25 +211,22 @@ def stage0_scores(vision: torch.Tensor, text, plan: Plan, o: dict) -> Scores:
     intra_sum = torch.segment_reduce(d_intra * live, "sum", lengths=per_req, unsafe=True)
     mean_intra = intra_sum / n_live.clamp_min(1)
     rho = d_inter / (mean_intra + d_inter + eps)
-    sim = _image_similarity(vision, plan, eps, d_intra.dtype)
-    return Scores(d_intra, mult, att, d_inter, weights, rho, sim)
+    sim = _image_similarity(mu, plan)
+    return Scores(d_intra, mult, att, d_inter, weights, rho, sim, align)
 
 
-def _image_similarity(vision, plan: Plan, eps: float, dtype) -> torch.Tensor:
-    """``C_kl = mu_k . mu_l`` for every pair of images of a request with more than one image
-    (flattened request blocks), ``mu_k`` the normalised sum of image ``k``'s unit rows."""
-    dev = vision.device
-    idx = []
-    for r in range(plan.R):
-        k0, k1 = plan.ro[r], plan.ro[r + 1]
-        if k1 - k0 > 1 and not plan.trivial(r):
-            idx += [k * plan.n + ll for k in range(k0, k1) for ll in range(k0, k1)]
-    if not idx:
-        return torch.zeros(0, dtype=dtype, device=dev)
-    lengths = torch.tensor(plan.counts, dtype=torch.int64, device=dev)
-    s = torch.segment_reduce(normalize(vision, eps).to(dtype), "sum", lengths=lengths, unsafe=True)
-    mu = s / s.norm(dim=1, keepdim=True).clamp_min(eps)
-    return (mu @ mu.T).flatten()[to_device(idx, dev)]
+def _image_similarity(mu: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """``C_kl = mu_k . mu_l`` (``mu [n, D]``: ``budget_scores``' image mean directions) for
+    every pair of images of a non-trivial request with more than one image (flattened request
+    blocks)."""
+    blocks = [
+        mu[plan.ro[r] : plan.ro[r + 1]]
+        for r in range(plan.R)
+        if plan.ro[r + 1] - plan.ro[r] > 1 and not plan.trivial(r)
+    ]
+    if not blocks:
+        return mu.new_zeros(0)
+    return torch.cat([(m @ m.T).flatten() for m in blocks])
 
 
 def make_groups(sim: dict, images: list[int], dist: float, size: int) -> list[list[int]]:
@@ -379,7 +378,7 @@ def stage1_pool(vision: torch.Tensor, plan: Plan, lay: Layout, o: dict) -> Pool:
 
 
 def stage2_select(
-    vision: torch.Tensor, text, plan: Plan, lay: Layout, pool: Pool, o: dict
+    vision: torch.Tensor, text, plan: Plan, scores: Scores, lay: Layout, pool: Pool, o: dict
 ) -> tuple[list[torch.Tensor], list[int]]:
     """Global diversity chain (``global_greedy`` over each request's pool from its reserved
     tokens, tokens of different groups never covering each other), the final selection of the
@@ -426,7 +425,7 @@ def stage2_select(
             keep[seg] = True
             movable[seg] = True
     if text_req:
-        _final_selection(vision, text, plan, lay, pool, order, gains, ch_off, g_off, text_req,
+        _final_selection(vision, scores, plan, lay, pool, order, gains, ch_off, g_off, text_req,
                          keep, movable, n_cand, o)  # fmt: skip
     if int(o["refine"]) > 0:
         keep = _op.refine_medoids(
@@ -448,7 +447,7 @@ def _reserved_count(plan: Plan, r: int) -> int:
 
 
 def _final_selection(
-    vision, text, plan, lay, pool, order, gains, ch_off, g_off, text_req, keep, movable, n_cand, o
+    vision, scores, plan, lay, pool, order, gains, ch_off, g_off, text_req, keep, movable, n_cand, o
 ) -> None:
     """With text: the diversity floor (the first ``ceil(kappa * (B - reserved))`` chain picks),
     then the Pareto (or weighted) cut to exactly the slots left, over the rest of the chain and
@@ -469,23 +468,17 @@ def _final_selection(
             parts.append((r, B - nr - nf, nr + nf))
     if not parts:
         return
-    # alignment of every pool token of these requests (one token_alignment call)
-    to = plan.to
-    p_pos = [torch.arange(p_off[r], p_off[r + 1], device=dev) for r, *_ in parts]
-    off_t = torch.tensor(starts([p.numel() for p in p_pos]), dtype=torch.int64)
-    txt = torch.cat([text[to[r] : to[r + 1]] for r, *_ in parts])
-    txt_off = torch.tensor(starts([to[r + 1] - to[r] for r, *_ in parts]), dtype=torch.int64)
-    a_all = _op.token_alignment(
-        vision, pool.rows[torch.cat(p_pos)], off_t, txt, txt_off, str(o["align"]), eps
-    )
+    # alignment of every pool token: budget_scores' per-token alignment (fp32, as
+    # token_alignment gives it)
+    a_pool = scores.align[pool.rows].float()
     cand_pos, cand_g, cand_a, ks, sizes = [], [], [], [], []
-    for j, (r, slots, f_end) in enumerate(parts):
+    for r, slots, f_end in parts:
         a0 = p_off[r]
-        ar = a_all[int(off_t[j]) : int(off_t[j + 1])]
+        ar = a_pool[a0 : p_off[r + 1]]
         seg = order[ch_off[r] : ch_off[r + 1]]
         on_chain = torch.zeros(ar.numel(), dtype=torch.bool, device=dev)
         on_chain[seg - a0] = True
-        off_pos = p_pos[j][~on_chain]
+        off_pos = torch.nonzero(~on_chain).flatten() + a0
         n_al = min(math.ceil(float(o["aligned"]) * slots - 1e-9), off_pos.numel())
         top = torch.argsort(-ar[~on_chain].double(), stable=True)[:n_al]
         al_pos = off_pos[top]
@@ -570,7 +563,7 @@ def run_adaptive(
         kept_parts.append(pool.rows)
         n_cand = list(lay.pool_sizes)
     elif pool.rows.numel():
-        parts, cand = stage2_select(vision, text, plan, lay, pool, o)
+        parts, cand = stage2_select(vision, text, plan, scores, lay, pool, o)
         kept_parts += parts
         n_cand = [n_cand[r] if plan.trivial(r) else cand[r] for r in range(plan.R)]
     kept = torch.cat(kept_parts) if kept_parts else torch.zeros(0, dtype=torch.int64, device=dev)

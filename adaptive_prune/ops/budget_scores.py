@@ -1,5 +1,6 @@
-"""Op ``adaptive_prune::budget_scores`` (stage 0): per-image redundancy scores from one pass
-over the tokens. Definition, fake and reference (the specification in code)."""
+"""Op ``adaptive_prune::budget_scores`` (stage 0): per-image redundancy scores, image mean
+directions and per-token text alignment from one pass over the tokens. Definition, fake and
+reference (the specification in code)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def check(
     sigma: float,
     tau_a: float,
     eps: float,
+    align: str,
 ) -> bool:
     """The op's contract: two-level offsets over ``vision``, text in the same space, and the
     temperatures in the ranges the fp32 computation supports."""
@@ -40,6 +42,7 @@ def check(
     X.option(_OP, "sigma", sigma, C.SIGMA)
     X.option(_OP, "tau_a", tau_a, C.TAU_A)
     X.option(_OP, "eps", eps, C.EPS)
+    X.choice(_OP, "align", align, ("mean", "max"))
     return False
 
 
@@ -52,10 +55,12 @@ def reference(
     sigma: float,
     tau_a: float,
     eps: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-image redundancy scores from one pass over ``vision``.
+    align: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image redundancy scores and per-token text alignment from one pass over ``vision``.
 
-    Returns ``(d_intra [n], mult [n], att [n], d_inter [R])`` in the compute dtype.
+    Returns ``(d_intra [n], mult [n], att [n], d_inter [R], mu [n, D], a [N])`` in the compute
+    dtype.
 
     - ``D_intra(k)``: mean cosine distance over ordered pairs ``i != j`` of image ``k``, from the
       identity ``sum_{i!=j} x̂_i.x̂_j = ||s_k||^2 - sum_i ||x̂_i||^2`` (exact also for zero-norm
@@ -66,6 +71,10 @@ def reference(
       tokens, averaged over the request's text rows ``t``; 0 without text.
     - ``D_inter(r)``: mean of ``1 - C_kl`` over ordered pairs ``k != l`` of nonempty images of
       request ``r``; 0 with fewer than two.
+    - ``mu [n, D]``: the image mean directions ``mu_k`` above (0 for empty images).
+    - ``a_i``: mean (``align="mean"``) or max (``align="max"``) of ``cos(x_i, t)`` over the
+      text rows ``t`` of token ``i``'s request (the cosines of ``att``'s logits); 0 without
+      text. ``token_alignment`` computes the same quantity for any subset of the tokens.
     """
     cd = compute_dtype(vision.dtype)
     dev = vision.device
@@ -85,6 +94,7 @@ def reference(
     mult = torch.zeros(n, device=dev, dtype=cd)
     att = torch.zeros(n, device=dev, dtype=cd)
     d_inter = torch.zeros(len(ro) - 1, device=dev, dtype=cd)
+    a = torch.zeros(vision.shape[0], device=dev, dtype=cd)
     to = bounds(text_offsets) if text is not None and text_offsets is not None else None
     th = normalize(text, eps) if to is not None else None
     for r in range(len(ro) - 1):
@@ -101,20 +111,24 @@ def reference(
             both.fill_diagonal_(False)
             d_inter[r] = ((1.0 - C) * both).sum() / (nl * (nl - 1))
         if th is not None and to[r + 1] > to[r] and cu[k1] > cu[k0]:
-            logits = tau_a * (th[to[r] : to[r + 1]] @ xh[cu[k0] : cu[k1]].T)  # [M_r, N_r]
-            p = torch.softmax(logits, dim=-1)
+            cos = xh[cu[k0] : cu[k1]] @ th[to[r] : to[r + 1]].T  # [N_r, M_r]
+            a[cu[k0] : cu[k1]] = cos.mean(1) if align == "mean" else cos.max(1).values
+            p = torch.softmax(tau_a * cos.T, dim=-1)  # [M_r, N_r]
             per_img = torch.zeros(p.shape[0], k1 - k0, device=dev, dtype=cd)
             per_img.index_add_(1, img[cu[k0] : cu[k1]] - k0, p)
             att[k0:k1] = per_img.mean(0)
-    return d_intra, mult, att, d_inter
+    return d_intra, mult, att, d_inter, mu, a
 
 
 op = define("budget_scores", reference, check)
 
 
 @op.register_fake
-def _(vision, cu_seqlens, req_offsets, text, text_offsets, sigma, tau_a, eps):
+def _(vision, cu_seqlens, req_offsets, text, text_offsets, sigma, tau_a, eps, align):
     cd = compute_dtype(vision.dtype)
     n, R = cu_seqlens.shape[0] - 1, req_offsets.shape[0] - 1
     one = vision.new_empty((n,), dtype=cd)
-    return one, torch.empty_like(one), torch.empty_like(one), vision.new_empty((R,), dtype=cd)
+    N, D = vision.shape
+    d_inter, a = vision.new_empty((R,), dtype=cd), vision.new_empty((N,), dtype=cd)
+    mu = vision.new_empty((n, D), dtype=cd)
+    return one, torch.empty_like(one), torch.empty_like(one), d_inter, mu, a

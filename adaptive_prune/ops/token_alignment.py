@@ -1,5 +1,8 @@
 """Op ``adaptive_prune::token_alignment``: mean/max cosine of selected tokens to their
-request's text rows. Definition, fake and reference."""
+request's text rows. Definition, fake and reference.
+
+The adaptive method does not call it: ``budget_scores`` returns the same alignment for every
+token from the cosines of its attention pass. This op serves a subset of the tokens."""
 
 from __future__ import annotations
 

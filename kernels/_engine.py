@@ -45,6 +45,12 @@ from ._common import _locate, cdiv, empty, set_device
 from ._maxmin import _key
 
 NEG = tl.constexpr(-9223372036854775808)  # int64 min: "no candidate"
+# The pick band (cosine scale) of every greedy step: the pick is the lowest index among the
+# unpicked entries whose value is >= M - PICK_TIE (fp32), M the largest unpicked value; with
+# M = +inf the band is the +inf entries. Local to the engine until it is unified at the merge
+# with the reference's, the C++ core's and the other kernels' constant of the same name.
+PICK_TIE = tl.constexpr(1e-5)
+SCAN = tl.constexpr(256)  # lanes of the fallback scan of a segment's acc (phase W)
 
 
 @triton.jit
@@ -97,11 +103,11 @@ def _rows_of(rows_ptr, a, o, m, GATHER: tl.constexpr):
 @triton.jit
 def _phase_tiles(
     i_p, n_p,  # this program, programs
-    x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+    x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
     lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,  # INIT: initial pick lists (local = value - shift)
     sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, stat_ptr,
     D, stride_x,
-    INIT: tl.constexpr, CAND: tl.constexpr, GATHER: tl.constexpr, STATS: tl.constexpr,
+    INIT: tl.constexpr, CAND: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr, STATS: tl.constexpr,
     TE: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
@@ -135,17 +141,30 @@ def _phase_tiles(
                 if (n > 0) & (tl.max((v > float("-inf")).to(tl.int32), axis=0) > 0):
                     r_e = _rows_of(rows_ptr, a, oe, m_e, GATHER)
                     inv_e = tl.load(inv_ptr + a + oe, mask=m_e, other=0.0)
+                    if GROUPS:
+                        g_e = tl.load(gid_ptr + a + oe, mask=m_e, other=-1)
+                        g_lo = tl.min(tl.where(m_e, g_e, 0x7FFFFFFF), axis=0)
+                        g_hi = tl.max(g_e, axis=0)
                     for c0 in range(0, n, L):  # the picks, L at a time
                         m_p = c0 + ow < n
                         jl = tl.load(lp + c0 + ow, mask=m_p, other=0) - shift
-                        r_p = _rows_of(rows_ptr, a, jl, m_p, GATHER)
-                        inv_p = tl.load(inv_ptr + a + jl, mask=m_p, other=0.0)
-                        d = _dist_tile(x_ptr, r_e, m_e, inv_e, r_p, m_p, inv_p, D, stride_x,
-                                       L, BK, PREC)  # fmt: skip
-                        d = tl.min(tl.where(m_p[None, :], d, float("inf")), axis=1)
-                        hit = tl.max(((oe[:, None] == jl[None, :]) & m_p[None, :]).to(tl.int32), 1)
-                        v = tl.where(hit > 0, float("-inf"), tl.minimum(v, d))
-                        work += L * L
+                        near = True
+                        if GROUPS:  # groups are contiguous: a pick outside [g_lo, g_hi] is +inf
+                            g_p = tl.load(gid_ptr + a + jl, mask=m_p, other=-2)
+                            near = tl.max((m_p & (g_p >= g_lo) & (g_p <= g_hi)).to(tl.int32), 0) > 0
+                        if near:
+                            r_p = _rows_of(rows_ptr, a, jl, m_p, GATHER)
+                            inv_p = tl.load(inv_ptr + a + jl, mask=m_p, other=0.0)
+                            d = _dist_tile(x_ptr, r_e, m_e, inv_e, r_p, m_p, inv_p, D, stride_x,
+                                           L, BK, PREC)  # fmt: skip
+                            m_d = tl.broadcast_to(m_p[None, :], (L, L))
+                            if GROUPS:  # tokens of different groups never cover each other
+                                m_d = m_d & (g_e[:, None] == g_p[None, :])
+                            d = tl.min(tl.where(m_d, d, float("inf")), axis=1)
+                            hit = tl.max(((oe[:, None] == jl[None, :]) & m_p[None, :]).to(tl.int32),
+                                         1)  # fmt: skip
+                            v = tl.where(hit > 0, float("-inf"), tl.minimum(v, d))
+                            work += L * L
                     tl.store(acc_ptr + a + oe, v, mask=m_e)
                 elif INIT:
                     tl.store(acc_ptr + a + oe, v, mask=m_e)
@@ -163,11 +182,11 @@ def _phase_tiles(
 @triton.jit
 def _phase_window(
     i_p, n_p,
-    x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
+    x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
     sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
     out_ptr, gain_ptr, obase_ptr, vbase_ptr, stat_ptr,
     D, stride_x,
-    RANK: tl.constexpr, GATHER: tl.constexpr, STATS: tl.constexpr,
+    RANK: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr, STATS: tl.constexpr,
     L: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """Phase W over segments ``i_p, i_p + n_p, ...``: the round's exact picks."""
@@ -189,15 +208,23 @@ def _phase_window(
             r_w = _rows_of(rows_ptr, a, w_i, m_w, GATHER)
             inv_w = tl.load(inv_ptr + a + w_i, mask=m_w, other=0.0)
             sub = _dist_tile(x_ptr, r_w, m_w, inv_w, r_w, m_w, inv_w, D, stride_x, L, BK, PREC)
+            if GROUPS:
+                g_w = tl.load(gid_ptr + a + w_i, mask=m_w, other=-1)
+                sub = tl.where(g_w[:, None] == g_w[None, :], sub, float("inf"))
             go = done < steps
             obase = tl.load(obase_ptr + g)
             vbase = tl.load(vbase_ptr + g)
+            top_v = tl.max(tl.where(m_w, loc, float("-inf")), axis=0)  # the segment's max
             for _ in range(L):
-                k = tl.where(m_w & (loc > float("-inf")), _pack(loc, w_i), NEG)
-                best = tl.max(k, axis=0)
-                p = tl.min(tl.where(k == best, ow, L), axis=0)
-                ok = go & (best != NEG) & (best > bound) & (done + n_acc < steps)
-                j = tl.sum(tl.where(ow == p, w_i, 0), axis=0)
+                # the band rule inside the window: M = its largest live value, the pick is the
+                # lowest index among live entries >= M - PICK_TIE
+                live = m_w & (loc > float("-inf"))
+                tau = tl.max(tl.where(live, loc, float("-inf")), axis=0) - PICK_TIE
+                j = tl.min(tl.where(live & (loc >= tau), w_i, 0x7FFFFFFF), axis=0)
+                p = tl.min(tl.where(live & (w_i == j), ow, L), axis=0)
+                # exact while no entry outside W can be in the band (nor hold M): they all
+                # have keys <= bound and only fall, so (tau, j) beating the bound proves it
+                ok = go & (p < L) & (_pack(tau, j) > bound) & (done + n_acc < steps)
                 v = tl.sum(tl.where(ow == p, loc, 0.0), axis=0)
                 if RANK:
                     tl.store(out_ptr + obase + j, vbase + done + n_acc, mask=ok)
@@ -210,7 +237,30 @@ def _phase_window(
                 loc = tl.where(ok & (ow == p), float("-inf"), loc)
                 n_acc += ok.to(tl.int64)
                 go = ok
-            # n_acc >= 1 (the window holds the segment's best entry); never spin
+            if (n_acc == 0) & (done < steps):
+                # the band reaches outside the window (values within PICK_TIE of the max, or
+                # more +inf entries than L): the round's one pick is the lowest index of the
+                # whole segment with acc >= M - PICK_TIE (acc is exact here), by a scan
+                K = tl.load(off_ptr + g + 1) - a
+                tau = top_v - PICK_TIE
+                o_s = tl.arange(0, SCAN)
+                jb = tl.full((SCAN,), 0x7FFFFFFF, tl.int64)
+                for s0 in range(0, K, SCAN):
+                    vs = tl.load(acc_ptr + a + s0 + o_s, mask=s0 + o_s < K, other=float("-inf"))
+                    jb = tl.minimum(jb, tl.where((vs > float("-inf")) & (vs >= tau), s0 + o_s,
+                                                 0x7FFFFFFF))  # fmt: skip
+                j = tl.min(jb, axis=0)
+                v = tl.load(acc_ptr + a + j)
+                if RANK:
+                    tl.store(out_ptr + obase + j, vbase + done)
+                else:
+                    tl.store(out_ptr + obase + done, vbase + j)
+                    tl.store(gain_ptr + obase + done, v)
+                tl.store(sel_ptr + g * L, j)
+                n_acc += 1
+                if STATS:
+                    tl.store(stat_ptr + n_seg + g, tl.load(stat_ptr + n_seg + g) + 1)
+            # n_acc >= 1 (a window pick or the scan's); never spin
             tl.store(done_ptr + g, tl.where(n_acc > 0, done + n_acc, steps))
             if STATS:
                 tl.store(stat_ptr + g, tl.load(stat_ptr + g) + 1)
@@ -243,49 +293,49 @@ def _grid_barrier(bar_ptr, n_p, epoch):
 
 @triton.jit
 def _tiles_kernel(
-    x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+    x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
     lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
     sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, stat_ptr,
     D, stride_x,
-    INIT: tl.constexpr, CAND: tl.constexpr, GATHER: tl.constexpr, STATS: tl.constexpr,
+    INIT: tl.constexpr, CAND: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr, STATS: tl.constexpr,
     TE: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
     _phase_tiles(
         tl.program_id(0), tl.num_programs(0),
-        x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+        x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
         lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
         sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, stat_ptr, D, stride_x,
-        INIT, CAND, GATHER, STATS, TE, L, BK, BLOCK_N, PREC,
+        INIT, CAND, GATHER, GROUPS, STATS, TE, L, BK, BLOCK_N, PREC,
     )  # fmt: skip
 
 
 @triton.jit
 def _window_kernel(
-    x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
+    x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
     sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
     out_ptr, gain_ptr, obase_ptr, vbase_ptr, stat_ptr,
     D, stride_x,
-    RANK: tl.constexpr, GATHER: tl.constexpr, STATS: tl.constexpr,
+    RANK: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr, STATS: tl.constexpr,
     L: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     _phase_window(
         tl.program_id(0), tl.num_programs(0),
-        x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
+        x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
         sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
         out_ptr, gain_ptr, obase_ptr, vbase_ptr, stat_ptr, D, stride_x,
-        RANK, GATHER, STATS, L, BK, PREC,
+        RANK, GATHER, GROUPS, STATS, L, BK, PREC,
     )  # fmt: skip
 
 
 @triton.jit
 def _engine_persistent_kernel(
-    x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+    x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
     lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
     sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
     out_ptr, gain_ptr, obase_ptr, vbase_ptr, tstat_ptr, wstat_ptr, bar_ptr,
     D, stride_x,
-    RANK: tl.constexpr, GATHER: tl.constexpr, STATS: tl.constexpr,
+    RANK: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr, STATS: tl.constexpr,
     TE: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
@@ -295,10 +345,10 @@ def _engine_persistent_kernel(
     i_p = tl.program_id(0)
     n_p = tl.num_programs(0)
     _phase_tiles(
-        i_p, n_p, x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+        i_p, n_p, x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
         lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
         sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, tstat_ptr, D, stride_x,
-        True, True, GATHER, STATS, TE, L, BK, BLOCK_N, PREC,
+        True, True, GATHER, GROUPS, STATS, TE, L, BK, BLOCK_N, PREC,
     )  # fmt: skip
     epoch = 1
     _grid_barrier(bar_ptr, n_p, epoch)
@@ -307,18 +357,18 @@ def _engine_persistent_kernel(
     cont = _unfinished(steps_ptr, done_ptr, n_seg, BLOCK_N)
     while cont > 0:
         _phase_window(
-            i_p, n_p, x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
+            i_p, n_p, x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
             sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
             out_ptr, gain_ptr, obase_ptr, vbase_ptr, wstat_ptr, D, stride_x,
-            RANK, GATHER, STATS, L, BK, PREC,
+            RANK, GATHER, GROUPS, STATS, L, BK, PREC,
         )  # fmt: skip
         epoch += 1
         _grid_barrier(bar_ptr, n_p, epoch)
         _phase_tiles(
-            i_p, n_p, x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+            i_p, n_p, x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
             lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
             sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, tstat_ptr, D, stride_x,
-            False, True, GATHER, STATS, TE, L, BK, BLOCK_N, PREC,
+            False, True, GATHER, GROUPS, STATS, TE, L, BK, BLOCK_N, PREC,
         )  # fmt: skip
         cont = _unfinished(steps_ptr, done_ptr, n_seg, BLOCK_N)
         epoch += 1
@@ -342,6 +392,7 @@ def run_engine(
     tile: int,
     persistent: Optional[bool] = None,
     stats: Optional[dict] = None,
+    gid: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Run the engine over segments with host offsets ``seg``; returns ``acc`` (final running
     distances). ``state``: device tensors prepared by the caller's prologue, all ``[n]`` int64
@@ -350,7 +401,10 @@ def run_engine(
     ``persistent``: one launch with device-wide barriers (default on a GPU when the tiles fit
     one program per SM), else one launch per phase and a host read per round (interpreter).
     ``stats``: filled with ``tile_work [T]`` ((entry, pick) distances computed per tile),
-    ``rounds [n]`` and ``launches``.
+    ``rounds [n]``, ``scans [n]`` (rounds whose one pick came from the fallback scan) and
+    ``launches``. ``gid [Q]`` int64 (optional): every entry's group, groups contiguous inside a
+    segment; entries of different groups are at distance ``+inf`` (their dots are skipped
+    where a whole sub-tile and the picks share no group).
     """
     from ._common import INTERPRET, dot_precision, next_pow2, pack
 
@@ -368,7 +422,7 @@ def run_engine(
     sel = empty((max(n, 1), L), torch.int64, dev)
     nsel = torch.zeros(max(n, 1), dtype=torch.int64, device=dev)
     tstat = torch.zeros(max(T, 1), dtype=torch.int64, device=dev)
-    wstat = torch.zeros(max(n, 1), dtype=torch.int64, device=dev)
+    wstat = torch.zeros(2 * max(n, 1), dtype=torch.int64, device=dev)  # rounds, scan rounds
     s = state
     D = x.shape[1]
     BK = min(32 if x.dtype != torch.float32 else 16, max(16, next_pow2(D)))
@@ -378,11 +432,12 @@ def run_engine(
     gather = rows is not None
     rows_a = rows if gather else off_d
     BLOCK_N = min(1024, next_pow2(n + 1))
-    tile_args = (x, rows_a, inv, acc, off_d, tcum_d, n, T, s["lst"], s["loff"], s["lcnt"],
+    gid_a = gid if gid is not None else off_d
+    tile_args = (x, rows_a, gid_a, inv, acc, off_d, tcum_d, n, T, s["lst"], s["loff"], s["lcnt"],
                  s["shift"], sel, nsel, s["steps"], s["done"], cand, nxt)  # fmt: skip
-    win_args = (x, rows_a, inv, acc, off_d, tcum_d, n, sel, nsel, s["steps"], s["done"], cand,
+    win_args = (x, rows_a, gid_a, inv, acc, off_d, tcum_d, n, sel, nsel, s["steps"], s["done"], cand,
                 nxt, s["out"], s["gain"], s["obase"], s["vbase"])  # fmt: skip
-    kw = dict(GATHER=gather, STATS=stats is not None, L=L, BK=BK, PREC=prec)
+    kw = dict(GATHER=gather, GROUPS=gid is not None, STATS=stats is not None, L=L, BK=BK, PREC=prec)
     launches = 0
     if T == 0 or n == 0:
         return acc
@@ -411,7 +466,8 @@ def run_engine(
                                     TE=TE, BLOCK_N=BLOCK_N, **kw)  # fmt: skip
                 launches += 2
     if stats is not None:
-        stats.update(tile_work=tstat[:T], rounds=wstat[:n], launches=launches, tiles=T)
+        stats.update(tile_work=tstat[:T], rounds=wstat[:n], scans=wstat[n : 2 * n],
+                     launches=launches, tiles=T)  # fmt: skip
     return acc
 
 

@@ -248,9 +248,11 @@ def _rows_prologue_kernel(
     tl.store(obase_ptr + i_r, o0 + n_res)
 
 
-def _rows_engine(vision, po, pool, reserved, picks, ooff, eps, window, block, stats, dist,
+def _rows_engine(vision, po, go, pool, reserved, picks, ooff, eps, window, block, stats, dist,
                  order, gains, persistent=None):  # fmt: skip
-    """Stage 2's greedy by the row engine (``_engine.py``): no pool block."""
+    """Stage 2's greedy by the row engine (``_engine.py``): no pool block; with groups
+    (``go != po``) every pool entry carries its group id and cross-group distances are
+    ``+inf``."""
     x = kernel_input(vision)
     dev = x.device
     R = len(po) - 1
@@ -269,14 +271,20 @@ def _rows_engine(vision, po, pool, reserved, picks, ooff, eps, window, block, st
                  out=order, gain=gains, obase=obase, vbase=off_d)  # fmt: skip
     info = {} if stats is not None else None
     te = engine_tile(block, window)
+    gid = None
+    if go != po:
+        sizes = torch.tensor([b - a for a, b in zip(go, go[1:])])
+        gid = torch.repeat_interleave(torch.arange(len(go) - 1), sizes).to(dev)
     acc = run_engine(x, pool, inv, po, state, rank=False, window=window, tile=te, stats=info,
-                     persistent=persistent)  # fmt: skip
+                     persistent=persistent, gid=gid)  # fmt: skip
     if stats is not None:
         from .greedy_select import _per_segment
 
         stats.zero_()
         stats[:, 0] = info.get("rounds", torch.zeros(R, dtype=torch.int64, device=dev))
         stats[:, 1] = _per_segment(info, po, te)
+        if stats.shape[1] > 2 and "scans" in info:  # rounds that picked by the fallback scan
+            stats[:, 2] = info["scans"]
     if dist is not None:
         dist.copy_(acc[:Q])
     return order, gains
@@ -336,8 +344,8 @@ def global_greedy_fwd(
     for p in picks:
         ooff.append(ooff[-1] + p)
     window = check_window(window)
-    if check_engine(engine) == "rows" and window and go == po:  # the row engine knows no groups
-        return _rows_engine(vision, po, pool, reserved, picks, ooff, eps, window, block, stats,
+    if check_engine(engine) == "rows" and window:
+        return _rows_engine(vision, po, go, pool, reserved, picks, ooff, eps, window, block, stats,
                             dist, order, gains, persistent)  # fmt: skip
     groups = block_groups(sizes, block_budget_mb)
     if len(groups) > 1:  # the pool blocks of all requests exceed the budget: a group at a time

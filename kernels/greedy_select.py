@@ -302,6 +302,8 @@ def _rows_engine(vision, cu, budgets, eps, window, block, stats, dist, persisten
         stats.zero_()
         stats[:, 0] = info.get("rounds", torch.zeros(n, dtype=torch.int64, device=dev))
         stats[:, 1] = _per_segment(info, cu, engine_tile(block, window))
+        if stats.shape[1] > 2 and "scans" in info:  # rounds that picked by the fallback scan
+            stats[:, 2] = info["scans"]
     if dist is not None:
         dist.copy_(acc[:N])
     return rank

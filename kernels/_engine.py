@@ -4,24 +4,31 @@ many programs, in rounds of several exact picks (docs/kernels.md, "Engine v2").
 Segment ``g`` (an image in stage 1, a request's pool in stage 2) has ``K_g`` entries, entry
 ``i`` being row ``rows[off[g] + i]`` of ``x`` (or row ``off[g] + i`` without ``rows``). The
 greedy keeps ``acc [K]``, the running minimum distance ``1 - cos`` of every entry to the picks
-so far (``-inf`` once picked) and repeatedly picks the largest, ties to the lower index. The
-engine makes the same picks with the same gains as the one-pick-per-step loop:
+so far (``-inf`` once picked; ``+inf`` between entries of different groups ``gid``) and
+repeatedly picks by the **band rule**: the lowest index among the unpicked entries with
+``acc >= M - PICK_TIE`` (fp32), ``M`` the largest unpicked ``acc``; the gain is the pick's own
+``acc``. The engine makes the same picks with the same gains as that one-pick-per-step loop:
 
 - **Tiles** of ``TE`` entries (a multiple of ``L``) own their slice of ``acc``. Phase T of a
   round, for every tile of every unfinished segment: apply the picks of the previous round
   (``sel``, at most ``L``; the first call applies the initial list: stage 1's first pick,
   stage 2's reserved tokens) with ``L x L`` distance tiles computed on the fly by ``tl.dot``
-  from ``x`` (``1 - (x_i . x_j) inv_i inv_j``; no block is ever stored), then write the tile's
-  ``L`` best entries in greedy order (``cand``: packed int64 keys, value then lower index) and
-  its ``(L+1)``-th best (``nxt``). Sub-tiles without a live entry are skipped.
+  from ``x`` (``1 - (x_i . x_j) inv_i inv_j``, ``+inf`` across groups; no block is ever
+  stored), then write the tile's ``L`` best entries in greedy order (``cand``: packed int64
+  keys, value then lower index) and its ``(L+1)``-th best (``nxt``). Sub-tiles without a live
+  entry, or (groups) sharing no group with the picks, are skipped.
 - Phase W, one program per unfinished segment: merge the candidates of its tiles into the
   segment's ``L`` best (the window ``W``; running merges of ``2L`` keys by ``tl.sort``) and the
   bound ``b`` = the best key outside ``W``: the best evicted candidate or any tile's ``nxt``.
   Every entry outside ``W`` has a key ``<= b`` (a tile's non-candidates lie below its ``nxt``).
   Then the ``L x L`` distance tile ``W x W`` (the same helper, so the same values as phase T
-  computes for the same pairs) and the greedy inside the window, accepting its best entry while
-  its key beats ``b``: an entry outside ``W`` can only fall, so each accepted pick is exactly
-  the sequential greedy's next pick and its window distance is exactly its gain.
+  computes for the same pairs) and the band rule inside the window: ``tau = M_W - PICK_TIE``
+  and ``j`` = the lowest window index with ``loc >= tau``, accepted while the key ``(tau, j)``
+  beats ``b``: then no entry outside ``W`` holds the maximum or lies in the band below ``j``
+  (entries outside can only fall), so each accepted pick is exactly the one-at-a-time rule's
+  next pick and its window distance is exactly its gain. If the round's first step is
+  refused (the band reaches outside the window), one pick by a scan of the segment's ``acc``:
+  the lowest index with ``acc >= M - PICK_TIE``. Every round makes at least one pick.
 
 On a GPU ``_engine_persistent_kernel`` runs the whole loop in one launch of at most one program
 per SM, phases separated by a device-wide barrier (an atomic counter). The Triton interpreter
@@ -107,7 +114,8 @@ def _phase_tiles(
     lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,  # INIT: initial pick lists (local = value - shift)
     sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, stat_ptr,
     D, stride_x,
-    INIT: tl.constexpr, CAND: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr, STATS: tl.constexpr,
+    INIT: tl.constexpr, CAND: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr,
+    STATS: tl.constexpr,
     TE: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
@@ -297,7 +305,8 @@ def _tiles_kernel(
     lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
     sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, stat_ptr,
     D, stride_x,
-    INIT: tl.constexpr, CAND: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr, STATS: tl.constexpr,
+    INIT: tl.constexpr, CAND: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr,
+    STATS: tl.constexpr,
     TE: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
@@ -393,7 +402,8 @@ def run_engine(
     persistent: Optional[bool] = None,
     stats: Optional[dict] = None,
     gid: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
+    plan_only: bool = False,
+):
     """Run the engine over segments with host offsets ``seg``; returns ``acc`` (final running
     distances). ``state``: device tensors prepared by the caller's prologue, all ``[n]`` int64
     unless said: ``lst`` (initial pick lists), ``loff``, ``lcnt``, ``shift``, ``steps``,
@@ -404,7 +414,9 @@ def run_engine(
     ``rounds [n]``, ``scans [n]`` (rounds whose one pick came from the fallback scan) and
     ``launches``. ``gid [Q]`` int64 (optional): every entry's group, groups contiguous inside a
     segment; entries of different groups are at distance ``+inf`` (their dots are skipped
-    where a whole sub-tile and the picks share no group).
+    where a whole sub-tile and the picks share no group). ``plan_only`` (persistent only):
+    allocate, launch nothing, return ``(acc, launch)``: ``launch()`` runs the whole loop
+    (memsets + one kernel, no host work: CUDA-graph capturable), again on every call.
     """
     from ._common import INTERPRET, dot_precision, next_pow2, pack
 
@@ -435,12 +447,13 @@ def run_engine(
     gid_a = gid if gid is not None else off_d
     tile_args = (x, rows_a, gid_a, inv, acc, off_d, tcum_d, n, T, s["lst"], s["loff"], s["lcnt"],
                  s["shift"], sel, nsel, s["steps"], s["done"], cand, nxt)  # fmt: skip
-    win_args = (x, rows_a, gid_a, inv, acc, off_d, tcum_d, n, sel, nsel, s["steps"], s["done"], cand,
-                nxt, s["out"], s["gain"], s["obase"], s["vbase"])  # fmt: skip
-    kw = dict(GATHER=gather, GROUPS=gid is not None, STATS=stats is not None, L=L, BK=BK, PREC=prec)
+    win_args = (x, rows_a, gid_a, inv, acc, off_d, tcum_d, n, sel, nsel, s["steps"], s["done"],
+                cand, nxt, s["out"], s["gain"], s["obase"], s["vbase"])  # fmt: skip
+    kw = dict(GATHER=gather, GROUPS=gid is not None, STATS=stats is not None, L=L, BK=BK,
+              PREC=prec)  # fmt: skip
     launches = 0
     if T == 0 or n == 0:
-        return acc
+        return (acc, lambda: None) if plan_only else acc
     if persistent is None:
         persistent = dev.type == "cuda" and not INTERPRET
     with set_device(dev):
@@ -450,11 +463,22 @@ def run_engine(
             n_sm = 1 if INTERPRET else torch.cuda.get_device_properties(dev).multi_processor_count
             grid = min(T, n_sm)
             bar = torch.zeros(1, dtype=torch.int32, device=dev)
-            _engine_persistent_kernel[(grid,)](
-                *tile_args, s["out"], s["gain"], s["obase"], s["vbase"], tstat, wstat, bar,
-                D, x.stride(0), RANK=rank, TE=TE, BLOCK_N=BLOCK_N, num_warps=engine_warps(L),
-                **kw,
-            )  # fmt: skip
+
+            def launch():
+                # everything the loop mutates starts afresh: one launch (and its memsets) with
+                # no host work, so it can be captured in a CUDA graph and replayed
+                for t in (s["done"], nsel, bar, tstat, wstat):
+                    t.zero_()
+                with set_device(dev):
+                    _engine_persistent_kernel[(grid,)](
+                        *tile_args, s["out"], s["gain"], s["obase"], s["vbase"], tstat, wstat,
+                        bar, D, x.stride(0), RANK=rank, TE=TE, BLOCK_N=BLOCK_N,
+                        num_warps=engine_warps(L), **kw,
+                    )  # fmt: skip
+
+            if plan_only:
+                return acc, launch
+            launch()
             launches = 1
         else:
             _tiles_kernel[(T,)](*tile_args, tstat, D, x.stride(0), INIT=True, CAND=True,

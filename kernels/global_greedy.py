@@ -249,7 +249,7 @@ def _rows_prologue_kernel(
 
 
 def _rows_engine(vision, po, go, pool, reserved, picks, ooff, eps, window, block, stats, dist,
-                 order, gains, persistent=None):  # fmt: skip
+                 order, gains, persistent=None, plan_only=False):  # fmt: skip
     """Stage 2's greedy by the row engine (``_engine.py``): no pool block; with groups
     (``go != po``) every pool entry carries its group id and cross-group distances are
     ``+inf``."""
@@ -275,6 +275,10 @@ def _rows_engine(vision, po, go, pool, reserved, picks, ooff, eps, window, block
     if go != po:
         sizes = torch.tensor([b - a for a, b in zip(go, go[1:])])
         gid = torch.repeat_interleave(torch.arange(len(go) - 1), sizes).to(dev)
+    if plan_only:  # tests: the prologue has run; the engine's one launch, to capture
+        _, launch = run_engine(x, pool, inv, po, state, rank=False, window=window, tile=te,
+                               persistent=True, gid=gid, plan_only=True)  # fmt: skip
+        return order, gains, launch
     acc = run_engine(x, pool, inv, po, state, rank=False, window=window, tile=te, stats=info,
                      persistent=persistent, gid=gid)  # fmt: skip
     if stats is not None:

@@ -101,6 +101,33 @@ def _dist_tile(
 
 
 @triton.jit
+def _sketch_may_lower(
+    sk_ptr, rr_ptr, sk_margin, gid_ptr, a, oe, m_e, jl, m_p, v,
+    GROUPS: tl.constexpr, L: tl.constexpr, DP: tl.constexpr,
+):  # fmt: skip
+    """False when the sketch bound proves that no pick of the chunk ``jl`` lowers any live
+    entry of the sub-tile ``oe`` (and none of them is a pick): ``cos(i, j) <= p_i . p_j + r_i
+    r_j``, so ``d(i, j) >= 1 - ub - sk_margin >= v_i`` for every pair; the margin covers the
+    fp32 rounding of the bound and of the exact distance, so skipping leaves ``acc`` bitwise
+    unchanged."""
+    o_d = tl.arange(0, DP)
+    p_e = tl.load(sk_ptr + (a + oe)[:, None] * DP + o_d[None, :], mask=m_e[:, None], other=0.0)
+    p_p = tl.load(sk_ptr + (a + jl)[:, None] * DP + o_d[None, :], mask=m_p[:, None], other=0.0)
+    r_e = tl.load(rr_ptr + a + oe, mask=m_e, other=0.0)
+    r_p = tl.load(rr_ptr + a + jl, mask=m_p, other=0.0)
+    ub = tl.dot(p_e, tl.trans(p_p), input_precision="ieee") + r_e[:, None] * r_p[None, :]
+    m_b = tl.broadcast_to(m_p[None, :], (L, L))
+    if GROUPS:  # other groups are at +inf: never lowered
+        g_e = tl.load(gid_ptr + a + oe, mask=m_e, other=-1)
+        g_p = tl.load(gid_ptr + a + jl, mask=m_p, other=-2)
+        m_b = m_b & (g_e[:, None] == g_p[None, :])
+    lb = tl.min(tl.where(m_b, 1.0 - ub - sk_margin, float("inf")), axis=1)  # [L]
+    hit = tl.max(((oe[:, None] == jl[None, :]) & m_p[None, :]).to(tl.int32), axis=1)
+    lower = ((lb < v) & (v > float("-inf"))) | (hit > 0)
+    return tl.max(lower.to(tl.int32), axis=0) > 0
+
+
+@triton.jit
 def _rows_of(rows_ptr, a, o, m, GATHER: tl.constexpr):
     if GATHER:
         return tl.load(rows_ptr + a + o, mask=m, other=0)
@@ -113,9 +140,10 @@ def _phase_tiles(
     x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
     lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,  # INIT: initial pick lists (local = value - shift)
     sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, stat_ptr,
+    sk_ptr, rr_ptr, sk_margin,  # SKETCH: [Q, DP] fp32 projections, [Q] residual norms
     D, stride_x,
     INIT: tl.constexpr, CAND: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr,
-    STATS: tl.constexpr,
+    STATS: tl.constexpr, SKETCH: tl.constexpr, DP: tl.constexpr,
     TE: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
@@ -138,6 +166,7 @@ def _phase_tiles(
         top = tl.full((L,), NEG, tl.int64)
         nx = tl.full((), NEG, tl.int64)
         work = tl.zeros((), dtype=tl.int64)
+        skipped = tl.zeros((), dtype=tl.int64)
         if (n > 0) | (CAND & live_seg) | INIT:
             for s0 in range(0, TE, L):
                 oe = e0 + s0 + ow  # [L] local entries
@@ -160,7 +189,14 @@ def _phase_tiles(
                         if GROUPS:  # groups are contiguous: a pick outside [g_lo, g_hi] is +inf
                             g_p = tl.load(gid_ptr + a + jl, mask=m_p, other=-2)
                             near = tl.max((m_p & (g_p >= g_lo) & (g_p <= g_hi)).to(tl.int32), 0) > 0
-                        if near:
+                        exact = near
+                        if SKETCH:
+                            exact = near & _sketch_may_lower(
+                                sk_ptr, rr_ptr, sk_margin, gid_ptr, a, oe, m_e, jl, m_p, v,
+                                GROUPS, L, DP,
+                            )  # fmt: skip
+                            skipped += tl.where(near & (not exact), L * L, 0)
+                        if exact:
                             r_p = _rows_of(rows_ptr, a, jl, m_p, GATHER)
                             inv_p = tl.load(inv_ptr + a + jl, mask=m_p, other=0.0)
                             d = _dist_tile(x_ptr, r_e, m_e, inv_e, r_p, m_p, inv_p, D, stride_x,
@@ -185,6 +221,7 @@ def _phase_tiles(
             tl.store(nxt_ptr + t, nx)
         if STATS:
             tl.store(stat_ptr + t, tl.load(stat_ptr + t) + work)
+            tl.store(stat_ptr + n_tiles + t, tl.load(stat_ptr + n_tiles + t) + skipped)
 
 
 @triton.jit
@@ -304,9 +341,10 @@ def _tiles_kernel(
     x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
     lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
     sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, stat_ptr,
+    sk_ptr, rr_ptr, sk_margin,  # SKETCH: [Q, DP] fp32 projections, [Q] residual norms
     D, stride_x,
     INIT: tl.constexpr, CAND: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr,
-    STATS: tl.constexpr,
+    STATS: tl.constexpr, SKETCH: tl.constexpr, DP: tl.constexpr,
     TE: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
@@ -314,8 +352,9 @@ def _tiles_kernel(
         tl.program_id(0), tl.num_programs(0),
         x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
         lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
-        sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, stat_ptr, D, stride_x,
-        INIT, CAND, GATHER, GROUPS, STATS, TE, L, BK, BLOCK_N, PREC,
+        sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, stat_ptr,
+        sk_ptr, rr_ptr, sk_margin, D, stride_x,
+        INIT, CAND, GATHER, GROUPS, STATS, SKETCH, DP, TE, L, BK, BLOCK_N, PREC,
     )  # fmt: skip
 
 
@@ -343,8 +382,10 @@ def _engine_persistent_kernel(
     lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
     sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
     out_ptr, gain_ptr, obase_ptr, vbase_ptr, tstat_ptr, wstat_ptr, bar_ptr,
+    sk_ptr, rr_ptr, sk_margin,
     D, stride_x,
     RANK: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr, STATS: tl.constexpr,
+    SKETCH: tl.constexpr, DP: tl.constexpr,
     TE: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
@@ -356,8 +397,9 @@ def _engine_persistent_kernel(
     _phase_tiles(
         i_p, n_p, x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
         lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
-        sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, tstat_ptr, D, stride_x,
-        True, True, GATHER, GROUPS, STATS, TE, L, BK, BLOCK_N, PREC,
+        sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, tstat_ptr,
+        sk_ptr, rr_ptr, sk_margin, D, stride_x,
+        True, True, GATHER, GROUPS, STATS, SKETCH, DP, TE, L, BK, BLOCK_N, PREC,
     )  # fmt: skip
     epoch = 1
     _grid_barrier(bar_ptr, n_p, epoch)
@@ -376,12 +418,37 @@ def _engine_persistent_kernel(
         _phase_tiles(
             i_p, n_p, x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
             lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
-            sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, tstat_ptr, D, stride_x,
-            False, True, GATHER, GROUPS, STATS, TE, L, BK, BLOCK_N, PREC,
+            sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, tstat_ptr,
+            sk_ptr, rr_ptr, sk_margin, D, stride_x,
+            False, True, GATHER, GROUPS, STATS, SKETCH, DP, TE, L, BK, BLOCK_N, PREC,
         )  # fmt: skip
         cont = _unfinished(steps_ptr, done_ptr, n_seg, BLOCK_N)
         epoch += 1
         _grid_barrier(bar_ptr, n_p, epoch)
+
+
+def sketch(x, rows, inv, Q: int, dp: int, chunk: int = 1024):
+    """The sketch bound's data for entries ``q < Q`` (rows ``rows[q]`` of ``x``, or ``q``):
+    ``p [Q, dp]`` fp32, the unit rows ``x̂_q`` projected on an orthonormal basis ``P [D, dp]``
+    (a QR of ``dp`` entries spread over the segments: the span of real tokens), and ``r [Q]``,
+    the norms of the residuals ``x̂_q - P p_q``, computed directly (not as ``sqrt(1 - |p|^2)``,
+    which loses all precision near 0). Then ``x̂_i . x̂_j = p_i . p_j + e_i . e_j <= p_i . p_j +
+    r_i r_j``. Eager PyTorch on the device, ``chunk`` rows at a time (``O(Q dp)`` kept)."""
+    dev = x.device
+    pick = torch.linspace(0, Q - 1, steps=min(dp, Q), device=dev).round().long()
+    xr = x[rows[pick] if rows is not None else pick].float() * inv[pick, None]
+    basis = torch.zeros(x.shape[1], dp, dtype=torch.float32, device=dev)
+    basis[:, : pick.numel()] = torch.linalg.qr(xr.T).Q
+    p = torch.empty(Q, dp, dtype=torch.float32, device=dev)
+    r = torch.empty(Q, dtype=torch.float32, device=dev)
+    for c0 in range(0, Q, chunk):
+        c1 = min(Q, c0 + chunk)
+        idx = rows[c0:c1] if rows is not None else torch.arange(c0, c1, device=dev)
+        xc = x[idx].float() * inv[c0:c1, None]
+        pc = xc @ basis
+        p[c0:c1] = pc
+        r[c0:c1] = torch.linalg.vector_norm(xc - pc @ basis.T, dim=1)
+    return p, r
 
 
 def engine_warps(window: int) -> int:
@@ -403,6 +470,7 @@ def run_engine(
     stats: Optional[dict] = None,
     gid: Optional[torch.Tensor] = None,
     plan_only: bool = False,
+    sketch_dim: int = 0,
 ):
     """Run the engine over segments with host offsets ``seg``; returns ``acc`` (final running
     distances). ``state``: device tensors prepared by the caller's prologue, all ``[n]`` int64
@@ -417,6 +485,9 @@ def run_engine(
     where a whole sub-tile and the picks share no group). ``plan_only`` (persistent only):
     allocate, launch nothing, return ``(acc, launch)``: ``launch()`` runs the whole loop
     (memsets + one kernel, no host work: CUDA-graph capturable), again on every call.
+    ``sketch_dim`` (0: off; 16 or 32): phase T tests the sketch bound (:func:`sketch`) before
+    each distance tile and skips the tiles it proves cannot lower a live entry: the same
+    results bit for bit; ``stats["tile_skipped"]`` counts the skipped (entry, pick) pairs.
     """
     from ._common import INTERPRET, dot_precision, next_pow2, pack
 
@@ -433,7 +504,7 @@ def run_engine(
     nxt = empty(max(T, 1), torch.int64, dev)
     sel = empty((max(n, 1), L), torch.int64, dev)
     nsel = torch.zeros(max(n, 1), dtype=torch.int64, device=dev)
-    tstat = torch.zeros(max(T, 1), dtype=torch.int64, device=dev)
+    tstat = torch.zeros(2 * max(T, 1), dtype=torch.int64, device=dev)  # computed, skipped
     wstat = torch.zeros(2 * max(n, 1), dtype=torch.int64, device=dev)  # rounds, scan rounds
     s = state
     D = x.shape[1]
@@ -451,6 +522,16 @@ def run_engine(
                 cand, nxt, s["out"], s["gain"], s["obase"], s["vbase"])  # fmt: skip
     kw = dict(GATHER=gather, GROUPS=gid is not None, STATS=stats is not None, L=L, BK=BK,
               PREC=prec)  # fmt: skip
+    DP = int(sketch_dim)
+    if DP and (DP < 16 or DP & (DP - 1)):
+        raise ValueError(f"sketch_dim must be 0 or a power of two >= 16, got {sketch_dim}")
+    if DP and T and n:
+        sk, rr = sketch(x, rows, inv, seg[-1], DP)
+        # the bound's and the exact distance's fp32 rounding: a few units of 2^-24 per term
+        margin = 8.0 * (D + DP + 16) * 2.0**-24 + 1e-6
+    else:
+        sk, rr, margin = acc, acc, 0.0
+    skw = dict(SKETCH=bool(DP), DP=max(DP, 16))
     launches = 0
     if T == 0 or n == 0:
         return (acc, lambda: None) if plan_only else acc
@@ -472,8 +553,8 @@ def run_engine(
                 with set_device(dev):
                     _engine_persistent_kernel[(grid,)](
                         *tile_args, s["out"], s["gain"], s["obase"], s["vbase"], tstat, wstat,
-                        bar, D, x.stride(0), RANK=rank, TE=TE, BLOCK_N=BLOCK_N,
-                        num_warps=engine_warps(L), **kw,
+                        bar, sk, rr, margin, D, x.stride(0), RANK=rank, TE=TE, BLOCK_N=BLOCK_N,
+                        num_warps=engine_warps(L), **kw, **skw,
                     )  # fmt: skip
 
             if plan_only:
@@ -481,17 +562,18 @@ def run_engine(
             launch()
             launches = 1
         else:
-            _tiles_kernel[(T,)](*tile_args, tstat, D, x.stride(0), INIT=True, CAND=True,
-                                TE=TE, BLOCK_N=BLOCK_N, **kw)  # fmt: skip
+            _tiles_kernel[(T,)](*tile_args, tstat, sk, rr, margin, D, x.stride(0), INIT=True,
+                                CAND=True, TE=TE, BLOCK_N=BLOCK_N, **kw, **skw)  # fmt: skip
             launches += 1
             while bool((s["done"][:n] < s["steps"][:n]).any()):  # a host read per round
                 _window_kernel[(n,)](*win_args, wstat, D, x.stride(0), RANK=rank, **kw)
-                _tiles_kernel[(T,)](*tile_args, tstat, D, x.stride(0), INIT=False, CAND=True,
-                                    TE=TE, BLOCK_N=BLOCK_N, **kw)  # fmt: skip
+                _tiles_kernel[(T,)](*tile_args, tstat, sk, rr, margin, D, x.stride(0),
+                                    INIT=False, CAND=True, TE=TE, BLOCK_N=BLOCK_N, **kw,
+                                    **skw)  # fmt: skip
                 launches += 2
     if stats is not None:
-        stats.update(tile_work=tstat[:T], rounds=wstat[:n], scans=wstat[n : 2 * n],
-                     launches=launches, tiles=T)  # fmt: skip
+        stats.update(tile_work=tstat[:T], tile_skipped=tstat[T : 2 * T], rounds=wstat[:n],
+                     scans=wstat[n : 2 * n], launches=launches, tiles=T)  # fmt: skip
     return acc
 
 

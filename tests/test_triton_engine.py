@@ -355,6 +355,43 @@ def test_rows_engine_stats_and_no_picks(device):
     assert o.tolist() == [0, 1, 2] and torch.isinf(gains).all()
 
 
+def test_sketch_bound_skips_tiles_with_the_same_results(device):
+    """The sketch bound (``sketch_dim``) only skips distance tiles it proves cannot lower a live
+    entry: picks, gains, ranks and final distances are bitwise those without it, in both
+    stages (stage 2 with groups), and it skips some tiles on low-rank tokens (where the
+    projection holds nearly all of every row) while computing the rest."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(120, 6, generator=g, dtype=torch.float64)
+    x = (a @ torch.randn(6, 32, generator=g, dtype=torch.float64)).float().to(device)
+    cu = torch.tensor([0, 50, 51, 120])
+    budgets = torch.tensor([20, 1, 24])
+    kw = dict(window=16, block=16, engine="rows")
+    out = {}
+    for sk in (0, 16):
+        st = torch.zeros(3, 4, dtype=torch.int64, device=device)
+        d = torch.full((120,), math.nan, device=device)
+        r = greedy_select_fwd(x, cu, budgets, "maxmin", EPS, stats=st, dist=d, sketch_dim=sk,
+                              **kw)  # fmt: skip
+        out[sk] = (r, d, st)
+    assert torch.equal(out[16][0], out[0][0]) and torch.equal(out[16][1], out[0][1])
+    assert int(out[16][2][:, 3].sum()) > 0 and int(out[0][2][:, 3].sum()) == 0
+    assert int(out[16][2][:, 1].sum()) + int(out[16][2][:, 3].sum()) == int(out[0][2][:, 1].sum())
+    pool = torch.randperm(120, generator=g)[:100].to(device)
+    po = torch.tensor([0, 100])
+    go = torch.tensor([0, 40, 100])
+    reserved = torch.zeros(100, dtype=torch.bool, device=device)
+    reserved[[0, 45]] = True
+    for sk in (0, 32):
+        st = torch.zeros(1, 4, dtype=torch.int64, device=device)
+        o, gains = global_greedy_fwd(x, pool, po, reserved, [30], EPS, go, stats=st,
+                                     sketch_dim=sk, **kw)  # fmt: skip
+        out[sk] = (o, gains, st)
+    assert torch.equal(out[32][0], out[0][0]) and torch.equal(out[32][1], out[0][1])
+    assert int(out[32][2][:, 3].sum()) > 0
+    with pytest.raises(ValueError, match="sketch_dim"):
+        greedy_select_fwd(x, cu, budgets, "maxmin", EPS, sketch_dim=24, **kw)
+
+
 @pytest.mark.gpu
 def test_row_engine_launch_replays_in_a_cuda_graph():
     """The row engine's GPU path is one launch (memsets + the persistent kernel, no host work):

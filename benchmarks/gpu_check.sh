@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # GPU check of the Triton backend, for a CUDA machine with a CUDA build of torch and triton
-# already installed. Installs nothing, needs no network, fits in under 8 minutes. Each step is
-# its own process with its own time cap, so a crash (an illegal memory access poisons the CUDA
-# context) or a timeout loses that step only; every step's log is written (tee) straight into
-# the output folder, and the speed CSV after every scenario, so a run killed at any point leaves
-# what it measured so far.
+# already installed. Installs nothing, needs no network, fits in 8 minutes (the step caps sum
+# to 470 s). Each step is its own process with its own time cap, so a crash (an illegal memory
+# access poisons the CUDA context) or a timeout loses that step only; every step's log is
+# written (tee) straight into the output folder, and the speed CSV after every scenario, so a
+# run killed at any point leaves what it measured so far.
 #
 #   1. benchmarks/speed.py --device cuda, 16 x 576 real tokens lifted to D = 3584, bf16, keep
-#      25 %, 64 text tokens: prune (Triton) with and without text, greedy one pick per step and
-#      window 128, the reference (no text), divprune and cdpruner, the memory and matmul
+#      25 %, 64 text tokens: prune (Triton) with and without text, greedy one pick per step
+#      and window 128, the reference (no text), divprune and cdpruner, the memory and matmul
 #      floors, and the per-op split (first: the numbers that matter most);
 #   2. the GPU tests in their own process, on all cores (pytest -n): tests/test_triton_gpu.py,
 #      the Triton backend and row-engine files and the per-op files' triton/cuda cases,
@@ -16,13 +16,22 @@
 #   3. benchmarks/speed.py, 64 x 1024 synthetic clustered tokens (window 128; no reference, no
 #      one-pick-per-step row, divprune and cdpruner only);
 #   4. benchmarks/greedy_rounds.py --quick: chain lengths and times of the greedy loops;
-#   5. a short table (also in summary.md).
+#   5. speed_rows: benchmarks/speed.py at 16 x 576 and 64 x 1024 with the row engine
+#      (greedy_engine="rows", kernels/_engine.py: a persistent kernel with device-wide
+#      barriers, never run on a GPU before) beside the default: its own step, so that a hang
+#      or a crash there costs nothing measured before;
+#   6. benchmarks/gpu_counters.py: the row engine's counters (rounds, work, scans) from its
+#      kernels on CUDA against its simulation, the counters and the model on the real 16 x 576
+#      tokens, and each stage's op time by both engines (what the model predicts, measured);
+#   7. a short table (also in summary.md).
 #
 # Usage:  bash benchmarks/gpu_check.sh [--dry-run] [OUTDIR]
-#   OUTDIR   default ${OUT:-./gpu_check_out}; at most 7 files: summary.md, speed_16x576.log,
-#            pytest.log, speed_64x1024.log, greedy_rounds.log, speed.csv, greedy_rounds.csv
+#   OUTDIR   default ${OUT:-./gpu_check_out}; at most 10 files: summary.md, speed_16x576.log,
+#            pytest.log, speed_64x1024.log, greedy_rounds.log, speed_rows.log,
+#            gpu_counters.log, speed.csv, greedy_rounds.csv, gpu_counters.csv
 #   --dry-run  the same steps on a CPU, for their plumbing: speed.py --dry-run (tiny synthetic
-#            inputs), pytest --collect-only, greedy_rounds.py --dry-run (Triton interpreted)
+#            inputs), pytest --collect-only, greedy_rounds.py --dry-run and gpu_counters.py
+#            --dry-run (Triton interpreted)
 #   PYTHON=python3.12 to choose the interpreter; GPU_CHECK_WORKERS (pytest -n, default 12).
 #
 # No install step: a checkout has the Triton kernels in the top-level kernels/ folder, which
@@ -40,7 +49,7 @@ OUTDIR=""
 for a in "$@"; do
     case "$a" in
         --dry-run) DRY=1 ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
         -*) echo "gpu_check: unknown option $a"; exit 2 ;;
         *) OUTDIR=$a ;;
     esac
@@ -129,17 +138,19 @@ if [ "$DRY" -eq 1 ]; then
     SPEED=(--device cpu --dry-run --threads 1)
     TESTS=(--collect-only)
     ROUNDS=(--dry-run)
+    COUNTERS=(--dry-run)
 else
     SPEED=(--device cuda --runs 10 --row-budget 2)
     TESTS=()
     if "$PY" -c "import xdist" 2>/dev/null; then TESTS=(-n "${GPU_CHECK_WORKERS:-12}"); fi
     ROUNDS=(--csv "$OUTDIR/greedy_rounds.csv")
+    COUNTERS=(--csv "$OUTDIR/gpu_counters.csv")
 fi
 COMMON=(--csv "$OUTDIR/speed.csv" --png "" --baselines divprune cdpruner)
 
 step speed_16x576 140 "$PY" benchmarks/speed.py "${SPEED[@]}" "${COMMON[@]}" \
     --scenarios 16x576
-step pytest 180 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rfEX "${TESTS[@]}" \
+step pytest 160 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rfEX "${TESTS[@]}" \
     -m "gpu or interpreter" tests/test_triton_gpu.py tests/test_backend_triton.py \
     tests/test_triton_engine.py tests/test_backend_routing.py tests/test_op_*.py
 step speed_64x1024 60 "$PY" benchmarks/speed.py "${SPEED[@]}" "${COMMON[@]}" \
@@ -148,7 +159,14 @@ if [ "$DRY" -eq 1 ]; then  # the kernels interpreted on CPU tensors
     step greedy_rounds 120 env ADAPTIVE_PRUNE_BACKEND=triton "$PY" benchmarks/greedy_rounds.py \
         --quick "${ROUNDS[@]}"
 else
-    step greedy_rounds 40 "$PY" benchmarks/greedy_rounds.py --quick "${ROUNDS[@]}"
+    step greedy_rounds 35 "$PY" benchmarks/greedy_rounds.py --quick "${ROUNDS[@]}"
+fi
+step speed_rows 35 "$PY" benchmarks/speed.py "${SPEED[@]}" "${COMMON[@]}" \
+    --scenarios 16x576,64x1024 --windows --engines rows --no-reference --baselines
+if [ "$DRY" -eq 1 ]; then
+    step gpu_counters 120 "$PY" benchmarks/gpu_counters.py "${COUNTERS[@]}"
+else
+    step gpu_counters 40 "$PY" benchmarks/gpu_counters.py "${COUNTERS[@]}"
 fi
 
 # ---- short table, last ---------------------------------------------------------------------
@@ -166,13 +184,21 @@ SYNCS=$(grep -h "\[host syncs\]" "$OUTDIR/pytest.log" | sed 's/.*\[host syncs\] 
     echo "| host syncs | ${SYNCS:-not reported} |"
     echo "| speed 64x1024 | rc=$RC_speed_64x1024 |"
     echo "| greedy_rounds | rc=$RC_greedy_rounds |"
+    echo "| speed, row engine | rc=$RC_speed_rows |"
+    echo "| gpu_counters | rc=$RC_gpu_counters: $(grep -ho "agree = [A-Za-z]*" \
+        "$OUTDIR/gpu_counters.log" 2>/dev/null | head -1) |"
+    echo
+    grep -E "^\| (stage [12] (rounds|rounds per request|picks per round|rounds picked|model|measured)|prune: Triton launches \(GPU\))" \
+        "$OUTDIR/gpu_counters.log" 2>/dev/null || true
     echo
     grep -E "^\| 25% \| stage" "$OUTDIR/greedy_rounds.log" 2>/dev/null \
         | sed '1i | keep | stage | chain | window | rounds | picks/round | passes/pick | same | ms step | ms window |' \
         || true
     echo
     sed -n '/^### speed targets/,$p' "$OUTDIR/speed_16x576.log" "$OUTDIR/speed_64x1024.log" \
+        "$OUTDIR/speed_rows.log" \
         2>/dev/null | grep -v "^failed rows" || true
 } | tee -a "$SUMMARY"
 [ "$RC_speed_16x576" -eq 0 ] && [ "$RC_pytest" -eq 0 ] && [ "$RC_speed_64x1024" -eq 0 ] \
-    && [ "$RC_greedy_rounds" -eq 0 ]
+    && [ "$RC_greedy_rounds" -eq 0 ] && [ "$RC_speed_rows" -eq 0 ] \
+    && [ "$RC_gpu_counters" -eq 0 ]

@@ -64,6 +64,23 @@ TILE = 512  # entries per tile on a GPU (CONFIGS["engine_tile"])
 LAUNCH_US = 4.0  # one kernel launch outside a CUDA graph
 EAGER_US = 6.0  # one small eager PyTorch op (dispatch + launch)
 SKETCH_DIM = 32  # dimension of the (simulated) sketch bound
+SCAN_US = 0.5  # phase W's fallback scan: per 1024 entries of the segment's acc, one program
+
+
+def engine_scratch(stage: str, sizes: list[int], D: int, L: int, groups: bool = True) -> int:
+    """Bytes the row engine allocates besides its inputs and outputs (kernels/_engine.py and
+    the two launchers) for segments of ``sizes``, tile ``TILE``, window ``L``: ``inv``,
+    ``acc`` (4 Q), group ids (8 Q, stage 2 with groups), ``cand`` and ``nxt`` (8 T (L + 1)),
+    ``sel`` (8 n L), the per-segment vectors, and stage 1's image sums (4 n D, the first
+    pick). O(Q + n D): no term in K^2."""
+    Q, n = sum(sizes), len(sizes)
+    T = sum(-(-m // TILE) for m in sizes)
+    out = 4 * Q + 4 * Q + 8 * T * (L + 1) + 8 * T + 8 * n * L + 8 * n * 12 + 16 * (n + 1)
+    if stage == "stage 1":
+        out += 4 * n * D
+    elif groups:
+        out += 8 * Q
+    return out
 
 
 class LaunchCounter:
@@ -132,14 +149,15 @@ def cuda_ms(fn, runs: int = 5):
 
 
 def captured_calls(x, cu, text, keep):
-    """The greedy ops' arguments in one ``prune`` call (seen by a dispatch mode), without the
-    method's image groups: the row engine counted here runs one group per request."""
+    """The greedy ops' arguments in one ``prune`` call (seen by a dispatch mode), with the
+    method's groups of similar images (stage 2's ``group_offsets``; the row engine serves
+    them)."""
     import adaptive_prune as ap
 
     with ap.backend("reference"), H.OpCapture(("greedy_select", "global_greedy")) as cap:
         ap.prune(x, cu, text, keep_ratio=keep)
     calls = dict(cap.args)
-    calls["global_greedy"] = tuple(calls["global_greedy"])[:6]
+    calls["global_greedy"] = tuple(calls["global_greedy"])[:7]
     return calls
 
 
@@ -152,13 +170,22 @@ def prune_counts(x, cu, text, keep, engine):
     return c
 
 
-def simulate(xh: torch.Tensor, init: list[int], steps: int, L: int, apply_init: bool) -> dict:
-    """The row engine's rounds on one segment, in PyTorch (fp32 distances ``1 - x̂ x̂^T``):
-    the window (the ``L`` best in greedy order), the bound (the ``(L+1)``-th), the exact picks
-    of a round, and the work phase T does ((entry, pick) pairs of the ``L x L`` tiles of
-    sub-tiles that hold a live entry). Returns rounds, work, picks, gains."""
+PICK_TIE = 1e-5  # the engine's pick band (kernels/_engine.py)
+
+
+def simulate(xh: torch.Tensor, init: list[int], steps: int, L: int, apply_init: bool,
+             gid: torch.Tensor | None = None) -> dict:  # fmt: skip
+    """The row engine's rounds on one segment, in PyTorch (fp32 distances ``1 - x̂ x̂^T``,
+    ``+inf`` across groups ``gid``): the window (the ``L`` best in greedy order), the bound (the
+    ``(L+1)``-th), the exact picks of a round by the band rule (``(M - PICK_TIE, lowest index
+    in the band)`` must beat the bound; else one pick by the scan), and the work phase T does
+    ((entry, pick) pairs of the ``L x L`` tiles of sub-tiles that hold a live entry and share
+    a group with the picks). Returns rounds, scans, work, picks, gains."""
     K = xh.shape[0]
     dist = 1.0 - xh @ xh.T
+    if gid is None:
+        gid = torch.zeros(K, dtype=torch.int64)
+    dist[gid[:, None] != gid[None, :]] = float("inf")
     # the sketch bound of docs/kernels.md (not built): the top-SKETCH_DIM principal directions
     # of the segment's x̂ (uncentred), cos(i, j) <= p_i . p_j + r_i r_j; a tile needs no exact
     # dot when 1 - ub - margin >= acc_i for all its live entries and the round's picks
@@ -170,15 +197,26 @@ def simulate(xh: torch.Tensor, init: list[int], steps: int, L: int, apply_init: 
     acc = torch.full((K,), float("inf"))
     n_sub = -(-K // L)
     sub = torch.arange(K) // L
+    g_lo = torch.stack([gid[s * L : (s + 1) * L].min() for s in range(n_sub)]) if K else gid
+    g_hi = torch.stack([gid[s * L : (s + 1) * L].max() for s in range(n_sub)]) if K else gid
+    tie = torch.tensor(PICK_TIE, dtype=torch.float32)
 
     def live_subtiles():
         live = torch.zeros(n_sub, dtype=torch.bool)
         live[sub[acc > float("-inf")]] = True
-        return int(live.sum())
+        return live
 
-    work, rounds, order, gains = 0, 0, [], []
+    def tile_work(picks):  # phase T: the live sub-tiles that share a group with a pick chunk
+        live, w = live_subtiles(), 0
+        for c0 in range(0, len(picks), L):
+            gp = gid[picks[c0 : c0 + L]]
+            near = ((gp[None, :] >= g_lo[:, None]) & (gp[None, :] <= g_hi[:, None])).any(1)
+            w += int((live & near).sum()) * L * L
+        return w
+
+    work, rounds, scans, order, gains = 0, 0, 0, [], []
     if init and apply_init:  # stage 1: always its first pick; stage 2: reserved, with steps
-        work += live_subtiles() * L * L * -(-len(init) // L)
+        work += tile_work(init)
         acc = torch.minimum(acc, dist[:, init].min(dim=1).values)
         acc[init] = float("-inf")
     while len(order) < steps:
@@ -187,34 +225,41 @@ def simulate(xh: torch.Tensor, init: list[int], steps: int, L: int, apply_init: 
         w, rest = srt[:L], srt[L:]
         bound = (float(acc[rest[0]]), -int(rest[0])) if len(rest) else None
         loc = acc[w].clone()
+        top = loc.max()
         took = []
         for _ in range(L):
             if len(order) >= steps:
                 break
-            m = loc.max()
-            if m == float("-inf"):
+            live = loc > float("-inf")
+            if not live.any():
                 break
-            p = int(torch.nonzero(loc == m).flatten()[torch.argmin(w[loc == m])])
-            j = int(w[p])
-            if bound is not None and not (float(m), -j) > bound:
+            tau = loc[live].max() - tie
+            j = int(w[live & (loc >= tau)].min())
+            p = int(torch.nonzero(w == j).flatten()[0])
+            if bound is not None and not (float(tau), -j) > bound:
                 break
             order.append(j)
-            gains.append(float(m))
+            gains.append(float(loc[p]))
             took.append(j)
             loc = torch.minimum(loc, dist[w, j])
             loc[p] = float("-inf")
+        if not took:  # the band reaches outside the window: one pick by the scan
+            j = int(torch.nonzero((acc > float("-inf")) & (acc >= top - tie)).flatten()[0])
+            order.append(j)
+            gains.append(float(acc[j]))
+            took.append(j)
+            scans += 1
         rounds += 1
-        work += live_subtiles() * L * L
+        work += tile_work(took)
         ub = pk @ pk[took].T + res[:, None] * res[took][None, :]  # [K, picks]
-        safe = ((1.0 - ub - 1e-5) >= acc[:, None]).all(dim=1) | (acc == float("-inf"))
+        same = gid[:, None] == gid[took][None, :]
+        safe = (((1.0 - ub - 1e-5) >= acc[:, None]) | ~same).all(dim=1) | (acc == float("-inf"))
         ok_sub = torch.ones(n_sub, dtype=torch.bool)
         ok_sub[sub[~safe]] = False
-        live = torch.zeros(n_sub, dtype=torch.bool)
-        live[sub[acc > float("-inf")]] = True
-        skipped += int((ok_sub & live).sum()) * L * L
+        skipped += int((ok_sub & live_subtiles()).sum()) * L * L
         acc = torch.minimum(acc, dist[:, took].min(dim=1).values)
         acc[took] = float("-inf")
-    return dict(rounds=rounds, work=work, order=order, gains=gains, skipped=skipped)
+    return dict(rounds=rounds, scans=scans, work=work, order=order, gains=gains, skipped=skipped)
 
 
 def stage_counters(calls, L: int) -> dict:
@@ -222,11 +267,12 @@ def stage_counters(calls, L: int) -> dict:
     from adaptive_prune.ops import reference as ref
 
     vision, cu_s, bud, mode, eps = calls["greedy_select"]
-    _, pool, po, reserved, picks, _ = calls["global_greedy"]
+    _, pool, po, reserved, picks, _, go = calls["global_greedy"]
     x = vision.detach().cpu().float()
+    gol = [int(v) for v in go] if go is not None else [int(v) for v in po]
     out = {}
     want = ref.greedy_select(x, cu_s.cpu(), bud.cpu(), mode, eps)
-    rounds, work, same, chain, skipped = [], 0, True, 0, 0
+    rounds, work, same, chain, skipped, scans = [], 0, True, 0, 0, 0
     for k in range(cu_s.numel() - 1):
         a, e = int(cu_s[k]), int(cu_s[k + 1])
         b = min(int(bud[k]), e - a)
@@ -239,24 +285,29 @@ def stage_counters(calls, L: int) -> dict:
         rounds.append(r["rounds"])
         work += r["work"]
         skipped += r["skipped"]
+        scans += r["scans"]
         chain = max(chain, b - 1)
         got = torch.full((e - a,), -1, dtype=torch.int64)
         got[[j0] + r["order"]] = torch.arange(b)
         same &= bool(torch.equal(got, want[a:e]))
     out["stage 1"] = dict(rounds=max(rounds), work=work, chain=chain, same=same,
-                          picks=int((want >= 1).sum()), skipped=skipped)  # fmt: skip
-    wo, wg = ref.global_greedy(x, pool.cpu(), po.cpu(), reserved.cpu(), picks, eps)
-    rounds, work, same, chain, o0, skipped = 0, 0, True, 0, 0, 0
+                          picks=int((want >= 1).sum()), skipped=skipped, scans=scans,
+                          segments=len(rounds), sizes=(cu_s[1:] - cu_s[:-1]).tolist())  # fmt: skip
+    wo, wg = ref.global_greedy(x, pool.cpu(), po.cpu(), reserved.cpu(), picks, eps, go)
+    rounds, work, same, chain, o0, skipped, scans = 0, 0, True, 0, 0, 0, 0
     for r_i in range(po.numel() - 1):
         a, e = int(po[r_i]), int(po[r_i + 1])
         P = int(picks[r_i])
         res = torch.nonzero(reserved[a:e].cpu()).flatten().tolist()
         steps = max(min(P, e - a) - len(res), 0)
         xh = ref.normalize(x[pool[a:e].cpu()], eps)
-        r = simulate(xh, res, steps, L, steps > 0)
+        gl = torch.tensor([v - a for v in gol if a <= v <= e])
+        gid = torch.repeat_interleave(torch.arange(len(gl) - 1), gl.diff())
+        r = simulate(xh, res, steps, L, steps > 0, gid)
         rounds += r["rounds"]
         work += r["work"]
         skipped += r["skipped"]
+        scans += r["scans"]
         chain += steps
         got = [a + j for j in res[:P]] + [a + j for j in r["order"]]
         ref_o = wo[o0 : o0 + P].tolist()
@@ -266,7 +317,8 @@ def stage_counters(calls, L: int) -> dict:
         same &= got == ref_o
         o0 += P
     out["stage 2"] = dict(rounds=rounds, work=work, chain=chain, same=same, picks=chain,
-                          skipped=skipped)  # fmt: skip
+                          skipped=skipped, scans=scans, segments=po.numel() - 1,
+                          sizes=(po[1:] - po[:-1]).tolist(), groups=len(gol) - 1)  # fmt: skip
     return out
 
 
@@ -290,19 +342,19 @@ def main(argv=None) -> int:
     small = captured_calls(xs, cu_of(cs), ts, keep)
     sim = stage_counters(small, L)
     vision, cu_s, bud, mode, eps = small["greedy_select"]
-    _, pool, po, reserved, picks, _ = small["global_greedy"]
-    st1 = torch.zeros(cu_s.numel() - 1, 2, dtype=torch.int64, device=dev)
+    _, pool, po, reserved, picks, _, go = small["global_greedy"]
+    st1 = torch.zeros(cu_s.numel() - 1, 3, dtype=torch.int64, device=dev)
     greedy_select_fwd(vision, cu_s, bud, mode, eps, window=L, block=L, engine="rows", stats=st1)
-    st2 = torch.zeros(po.numel() - 1, 2, dtype=torch.int64, device=dev)
-    global_greedy_fwd(vision, pool, po, reserved, picks, eps, window=L, block=L, engine="rows",
-                      stats=st2)  # fmt: skip
+    st2 = torch.zeros(po.numel() - 1, 3, dtype=torch.int64, device=dev)
+    global_greedy_fwd(vision, pool, po, reserved, picks, eps, go, window=L, block=L,
+                      engine="rows", stats=st2)  # fmt: skip
     check = {
-        "stage 1": (int(st1[:, 0].max()), int(st1[:, 1].sum())),
-        "stage 2": (int(st2[:, 0].sum()), int(st2[:, 1].sum())),
+        "stage 1": (int(st1[:, 0].max()), int(st1[:, 1].sum()), int(st1[:, 2].sum())),
+        "stage 2": (int(st2[:, 0].sum()), int(st2[:, 1].sum()), int(st2[:, 2].sum())),
     }
-    agree = all(check[s] == (sim[s]["rounds"], sim[s]["work"]) for s in check)
-    print(f"kernel counters {check}, simulated "
-          f"{ {s: (sim[s]['rounds'], sim[s]['work']) for s in sim} }: agree = {agree}",
+    simc = {s: (sim[s]["rounds"], sim[s]["work"], sim[s]["scans"]) for s in check}
+    agree = check == simc
+    print(f"kernel counters (rounds, work, scans) {check}, simulated {simc}: agree = {agree}",
           flush=True)  # fmt: skip
     # 2. the counters on the real (or, dry run, the small) input
     if args.dry_run:
@@ -340,6 +392,11 @@ def main(argv=None) -> int:
         row(f"{stage} rounds", "rows", rounds, "rounds",
             "longest image (images run side by side)" if stage == "stage 1" else "")  # fmt: skip
         row(f"{stage} picks per round", "rows", round(chain / max(rounds, 1), 1), "picks")
+        if stage == "stage 2":
+            row("stage 2 rounds per request", "rows", round(rounds / max(c["segments"], 1), 1),
+                "rounds", f"{c['segments']} requests, {c['groups']} groups")  # fmt: skip
+        row(f"{stage} rounds picked by the fallback scan", "rows", c["scans"], "rounds",
+            "band reaching outside the window: one pick, a scan of the segment's acc")  # fmt: skip
         row(f"{stage} distances computed", "rows", work, "pairs",
             f"{work / max(n_picks, 1):.0f} per pick, all segments")  # fmt: skip
         row(f"{stage} rows recomputed per round", "rows", round(work / max(rounds, 1)), "pairs",
@@ -360,19 +417,15 @@ def main(argv=None) -> int:
         seg = calls["greedy_select"][1] if stage == "stage 1" else calls["global_greedy"][2]
         tiles = max(-(-m // TILE) for m in (seg[1:] - seg[:-1]).tolist())
         fixed_ms = rounds * (2 * BARRIER_US + WINDOW_US + MERGE_US * tiles) * 1e-3
+        fixed_ms += c["scans"] * SCAN_US * max(c["sizes"]) / 1024 * 1e-3
         row(f"{stage} model: predicted engine time", "rows",
             round(max(mem_ms, mma_ms) + fixed_ms, 3), "ms (H200)",
             f"max(mem {mem_ms:.3f}, mma {mma_ms:.3f}) + fixed {fixed_ms:.3f}")  # fmt: skip
-        vision, cu_s = calls["greedy_select"][:2]
-        po = calls["global_greedy"][2]
-        seg = cu_s if stage == "stage 1" else po
-        sizes = (seg[1:] - seg[:-1]).tolist()
+        sizes = c["sizes"]
         row(f"{stage} scratch: similarity blocks", "blocks", 4 * sum(m * m for m in sizes),
             "bytes")  # fmt: skip
-        n_t = sum(-(-m // 512) for m in sizes)
-        row(f"{stage} scratch: row engine", "rows",
-            4 * int(seg[-1]) + 8 * n_t * (L + 1) + 8 * len(sizes) * (L + 8), "bytes",
-            "acc, cand, nxt, sel, per-segment vectors (tile 512)")  # fmt: skip
+        row(f"{stage} scratch: row engine", "rows", engine_scratch(stage, sizes, D_MODEL, L),
+            "bytes", f"engine_scratch(): O(N + n D), tile {TILE}")  # fmt: skip
         if dev.type == "cuda":  # what the model predicts, measured (D = 3584 bf16 lift)
             g = torch.Generator().manual_seed(0)
             q, _ = torch.linalg.qr(torch.randn(D_MODEL, x.shape[1], generator=g,
@@ -383,6 +436,32 @@ def main(argv=None) -> int:
                 fwd = greedy_select_fwd if stage == "stage 1" else global_greedy_fwd
                 fn = lambda e=engine, f=fwd, xd=xd, a=a: f(xd, *a[1:], window=L, engine=e)  # noqa: E731
                 row(f"{stage} measured op time", engine, cuda_ms(fn), "ms", "CUDA events")
+            # the built sketch bound (opt-in, d = 32): its time, and the work it skipped on the
+            # real tokens as the kernels count it (same picks as without it, checked)
+            fwd = greedy_select_fwd if stage == "stage 1" else global_greedy_fwd
+            fn = lambda f=fwd, xd=xd, a=a: f(xd, *a[1:], window=L, engine="rows",  # noqa: E731
+                                            sketch_dim=SKETCH_DIM)  # fmt: skip
+            row(f"{stage} measured op time, sketch bound d={SKETCH_DIM}", "rows", cuda_ms(fn),
+                "ms", "CUDA events")  # fmt: skip
+            n_seg = a[1].numel() - 1 if stage == "stage 1" else a[2].numel() - 1
+            st = torch.zeros(n_seg, 4, dtype=torch.int64, device=dev)
+            got = fwd(xd, *a[1:], window=L, engine="rows", sketch_dim=SKETCH_DIM, stats=st)
+            same = fwd(xd, *a[1:], window=L, engine="rows")
+            same = all(torch.equal(u, v) for u, v in zip(
+                got if isinstance(got, tuple) else (got,),
+                same if isinstance(same, tuple) else (same,)))  # fmt: skip
+            done, skip = int(st[:, 1].sum()), int(st[:, 3].sum())
+            row(f"{stage} sketch bound (kernel, d={SKETCH_DIM}): work skipped", "rows",
+                round(skip / max(done + skip, 1), 3), "fraction",
+                f"same results as without it: {same}")  # fmt: skip
+    # the scratch at 64 x 1024 (the issue's large case; stage 2's pool taken as all 65536
+    # tokens of one request, in 64 groups: the worst case, the issue's 17 GB block)
+    for stage, sizes in (("stage 1", [1024] * 64), ("stage 2", [65536])):
+        row(f"{stage} scratch at 64x1024, D=3584", "blocks", 4 * sum(m * m for m in sizes),
+            "bytes", "the K x K fp32 similarity blocks")  # fmt: skip
+        row(f"{stage} scratch at 64x1024, D=3584", "rows",
+            engine_scratch(stage, sizes, D_MODEL, L, groups=stage == "stage 2"), "bytes",
+            "engine_scratch(); stage 2: one request, pool = all 65536 tokens")  # fmt: skip
     # 3. launches and eager ops of one prune call (the counts do not depend on the input size:
     #    on a GPU the row engine is one launch per stage); the small input keeps it quick
     for engine in ("blocks", "rows"):
@@ -399,6 +478,10 @@ def main(argv=None) -> int:
             "launches",
             "row engine: one persistent launch per stage" if engine == "rows" else "",
         )
+        row("prune: host reads of tensor values", engine, c.eager["_local_scalar_dense"],
+            "reads", "aten _local_scalar_dense seen outside the kernels (item/bool): a sync "
+            "on a GPU when the tensor is on the device",
+        )  # fmt: skip
         n_eager = sum(c.eager.values())
         row("prune: eager aten ops between the ops", engine, n_eager, "ops",
             " ".join(f"{k}={v}" for k, v in c.eager.most_common(12)))  # fmt: skip
@@ -409,7 +492,8 @@ def main(argv=None) -> int:
     print(f"\n{cond['device']}, {shape} {'synthetic' if args.dry_run else 'real'} tokens, keep "
           f"{keep:.0%}, window {L}; model: HBM {HBM_TBS} TB/s, MMA {TC_TFLOPS} TFLOP/s, "
           f"barrier {BARRIER_US} us, phase W {WINDOW_US} us + {MERGE_US} us per tile of "
-          f"{TILE}, launch {LAUNCH_US} us, eager op {EAGER_US} us\n")  # fmt: skip
+          f"{TILE}, scan {SCAN_US} us per 1024 entries, launch {LAUNCH_US} us, eager op "
+          f"{EAGER_US} us\n")  # fmt: skip
     print("| what | engine | value | unit | note |")
     print("|---|---|---:|---|---|")
     for r in rows:

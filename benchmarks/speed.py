@@ -60,8 +60,9 @@ refine=0`` and per-image ``divprune``; ``x divprune`` = time / ``divprune``'s. T
 Rows, ``--device cuda`` (bf16 by default):
 
 - ``adaptive (triton)`` with and without text (``backend("triton")``), the greedy loops one pick
-  per step (``backend("triton", greedy_window=0)``) and with window 128 (the default is 64),
-  each with a note whether its indices equal the default's; ``adaptive (reference)`` without
+  per step (``backend("triton", greedy_window=0)``), with window 128 (the default is 64) and by
+  the row engine (``backend("triton", greedy_engine="rows")``, ``--engines``), each with a
+  note whether its indices equal the default's; ``adaptive (reference)`` without
   text and, while the candidates number at most 4000 (its Python Pareto step is O(P^2)), with;
 - the baselines ``divprune``, ``divprune_pooled``, ``cdpruner``, ``dart``, ``uniform`` (only
   ``divprune`` and ``cdpruner`` above 20k tokens);
@@ -299,6 +300,14 @@ def run_scenario(name: str, dim: int, threads: int, args) -> tuple[list[dict], d
                 f"triton greedy_window={w}",
                 timed_in("triton", prune(), greedy_window=w),
                 same_as_default("triton", greedy_window=w),
+            )
+        for e in args.engines:
+            rows.measure(
+                f"adaptive (triton), {e} greedy engine",
+                "method",
+                f"triton greedy_engine={e}",
+                timed_in("triton", prune(), greedy_engine=e),
+                same_as_default("triton", greedy_engine=e),
             )
         if not args.no_reference:
             # one run each: stages 0-2 without the Pareto step, and with text only while the
@@ -642,8 +651,8 @@ def summary(all_rows: list[dict], gpu: str) -> str:
         f"### speed targets ({gpu}, keep {KEEP:.0%})",
         "",
         "| scenario | D | prune ms | < 0.5 ms | x ref (>= 20) | x ref, no text | "
-        "vs divprune | vs cdpruner | greedy one pick per step: ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "vs divprune | vs cdpruner | greedy one pick per step: ms | row engine: ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = dict.fromkeys((r["scenario"], r["dim"]) for r in all_rows)
     for name, dim in keys:
@@ -666,7 +675,8 @@ def summary(all_rows: list[dict], gpu: str) -> str:
             f"{H.fmt_ms(ref / t) if ref and t else '-'} | "
             f"{H.fmt_ms(ref_nt / t_nt) if ref_nt and t_nt else '-'} | "
             f"{vs('divprune')} | {vs('cdpruner')} | "
-            f"{H.fmt_ms(ms('adaptive (triton), greedy one pick per step'))} |"
+            f"{H.fmt_ms(ms('adaptive (triton), greedy one pick per step'))} | "
+            f"{H.fmt_ms(ms('adaptive (triton), rows greedy engine'))} |"
         )
     return "\n".join(lines)
 
@@ -744,6 +754,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         nargs="*",
         default=[0, 128],
         help="cuda: greedy windows timed besides the default (0 = one pick per step)",
+    )
+    p.add_argument(
+        "--engines",
+        nargs="*",
+        default=[],
+        help="cuda: greedy engines timed besides the default (rows: kernels/_engine.py)",
     )
     p.add_argument("--no-reference", action="store_true", help="cuda: no reference rows")
     p.add_argument(

@@ -184,30 +184,34 @@ def variants():
             {"num_warps": warps},
         ))  # fmt: skip
     # the row engine: the persistent kernel (GPU path) and the per-phase kernels
-    eng = {"x_ptr": "*bf16", "rows_ptr": "*i64", "inv_ptr": "*fp32", "acc_ptr": "*fp32",
+    eng = {"x_ptr": "*bf16", "rows_ptr": "*i64", "gid_ptr": "*i64", "inv_ptr": "*fp32",
+           "acc_ptr": "*fp32",
            "off_ptr": "*i64", "tcum_ptr": "*i64", "n_seg": "i32", "n_tiles": "i32",
            "lst_ptr": "*i64", "loff_ptr": "*i64", "lcnt_ptr": "*i64", "shift_ptr": "*i64",
            "sel_ptr": "*i64", "nsel_ptr": "*i64", "steps_ptr": "*i64", "done_ptr": "*i64",
            "cand_ptr": "*i64", "nxt_ptr": "*i64"}  # fmt: skip
     outs = {"out_ptr": "*i64", "gain_ptr": "*fp32", "obase_ptr": "*i64", "vbase_ptr": "*i64"}
+    sk = {"sk_ptr": "*fp32", "rr_ptr": "*fp32", "sk_margin": "fp32"}
     te = g("engine_tile")
     for window in (32, 64):
         for rank in (True, False):
             out.append((
                 f"engine_persistent[rank={rank},TE={te},L={window}]",
                 _engine._engine_persistent_kernel,
-                eng | outs | {"tstat_ptr": "*i64", "wstat_ptr": "*i64", "bar_ptr": "*i32",
-                              "D": "i32", "stride_x": "i32"},
-                {"RANK": rank, "GATHER": not rank, "STATS": False, "TE": te, "L": window,
-                 "BK": 32, "BLOCK_N": 32, "PREC": "tf32"},
+                eng | outs | sk | {"tstat_ptr": "*i64", "wstat_ptr": "*i64",
+                                   "bar_ptr": "*i32", "D": "i32", "stride_x": "i32"},
+                {"RANK": rank, "GATHER": not rank, "GROUPS": not rank, "STATS": False,
+                 "SKETCH": not rank, "DP": 32, "TE": te, "L": window, "BK": 32, "BLOCK_N": 32,
+                 "PREC": "tf32"},
                 {"num_warps": _engine.engine_warps(window)},
             ))  # fmt: skip
         out.append((
             f"engine_tiles[TE={te},L={window}]",
             _engine._tiles_kernel,
-            eng | {"stat_ptr": "*i64", "D": "i32", "stride_x": "i32"},
-            {"INIT": False, "CAND": True, "GATHER": True, "STATS": False, "TE": te,
-             "L": window, "BK": 32, "BLOCK_N": 32, "PREC": "tf32"},
+            eng | sk | {"stat_ptr": "*i64", "D": "i32", "stride_x": "i32"},
+            {"INIT": False, "CAND": True, "GATHER": True, "GROUPS": True, "STATS": False,
+             "SKETCH": True, "DP": 32, "TE": te, "L": window, "BK": 32, "BLOCK_N": 32,
+             "PREC": "tf32"},
             {"num_warps": _engine.engine_warps(window)},
         ))  # fmt: skip
     out.append((

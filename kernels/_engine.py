@@ -4,24 +4,31 @@ many programs, in rounds of several exact picks (docs/kernels.md, "Engine v2").
 Segment ``g`` (an image in stage 1, a request's pool in stage 2) has ``K_g`` entries, entry
 ``i`` being row ``rows[off[g] + i]`` of ``x`` (or row ``off[g] + i`` without ``rows``). The
 greedy keeps ``acc [K]``, the running minimum distance ``1 - cos`` of every entry to the picks
-so far (``-inf`` once picked) and repeatedly picks the largest, ties to the lower index. The
-engine makes the same picks with the same gains as the one-pick-per-step loop:
+so far (``-inf`` once picked; ``+inf`` between entries of different groups ``gid``) and
+repeatedly picks by the **band rule**: the lowest index among the unpicked entries with
+``acc >= M - PICK_TIE`` (fp32), ``M`` the largest unpicked ``acc``; the gain is the pick's own
+``acc``. The engine makes the same picks with the same gains as that one-pick-per-step loop:
 
 - **Tiles** of ``TE`` entries (a multiple of ``L``) own their slice of ``acc``. Phase T of a
   round, for every tile of every unfinished segment: apply the picks of the previous round
   (``sel``, at most ``L``; the first call applies the initial list: stage 1's first pick,
   stage 2's reserved tokens) with ``L x L`` distance tiles computed on the fly by ``tl.dot``
-  from ``x`` (``1 - (x_i . x_j) inv_i inv_j``; no block is ever stored), then write the tile's
-  ``L`` best entries in greedy order (``cand``: packed int64 keys, value then lower index) and
-  its ``(L+1)``-th best (``nxt``). Sub-tiles without a live entry are skipped.
+  from ``x`` (``1 - (x_i . x_j) inv_i inv_j``, ``+inf`` across groups; no block is ever
+  stored), then write the tile's ``L`` best entries in greedy order (``cand``: packed int64
+  keys, value then lower index) and its ``(L+1)``-th best (``nxt``). Sub-tiles without a live
+  entry, or (groups) sharing no group with the picks, are skipped.
 - Phase W, one program per unfinished segment: merge the candidates of its tiles into the
   segment's ``L`` best (the window ``W``; running merges of ``2L`` keys by ``tl.sort``) and the
   bound ``b`` = the best key outside ``W``: the best evicted candidate or any tile's ``nxt``.
   Every entry outside ``W`` has a key ``<= b`` (a tile's non-candidates lie below its ``nxt``).
   Then the ``L x L`` distance tile ``W x W`` (the same helper, so the same values as phase T
-  computes for the same pairs) and the greedy inside the window, accepting its best entry while
-  its key beats ``b``: an entry outside ``W`` can only fall, so each accepted pick is exactly
-  the sequential greedy's next pick and its window distance is exactly its gain.
+  computes for the same pairs) and the band rule inside the window: ``tau = M_W - PICK_TIE``
+  and ``j`` = the lowest window index with ``loc >= tau``, accepted while the key ``(tau, j)``
+  beats ``b``: then no entry outside ``W`` holds the maximum or lies in the band below ``j``
+  (entries outside can only fall), so each accepted pick is exactly the one-at-a-time rule's
+  next pick and its window distance is exactly its gain. If the round's first step is
+  refused (the band reaches outside the window), one pick by a scan of the segment's ``acc``:
+  the lowest index with ``acc >= M - PICK_TIE``. Every round makes at least one pick.
 
 On a GPU ``_engine_persistent_kernel`` runs the whole loop in one launch of at most one program
 per SM, phases separated by a device-wide barrier (an atomic counter). The Triton interpreter
@@ -45,6 +52,12 @@ from ._common import _locate, cdiv, empty, set_device
 from ._maxmin import _key
 
 NEG = tl.constexpr(-9223372036854775808)  # int64 min: "no candidate"
+# The pick band (cosine scale) of every greedy step: the pick is the lowest index among the
+# unpicked entries whose value is >= M - PICK_TIE (fp32), M the largest unpicked value; with
+# M = +inf the band is the +inf entries. Local to the engine until it is unified at the merge
+# with the reference's, the C++ core's and the other kernels' constant of the same name.
+PICK_TIE = tl.constexpr(1e-5)
+SCAN = tl.constexpr(256)  # lanes of the fallback scan of a segment's acc (phase W)
 
 
 @triton.jit
@@ -88,6 +101,33 @@ def _dist_tile(
 
 
 @triton.jit
+def _sketch_may_lower(
+    sk_ptr, rr_ptr, sk_margin, gid_ptr, a, oe, m_e, jl, m_p, v,
+    GROUPS: tl.constexpr, L: tl.constexpr, DP: tl.constexpr,
+):  # fmt: skip
+    """False when the sketch bound proves that no pick of the chunk ``jl`` lowers any live
+    entry of the sub-tile ``oe`` (and none of them is a pick): ``cos(i, j) <= p_i . p_j + r_i
+    r_j``, so ``d(i, j) >= 1 - ub - sk_margin >= v_i`` for every pair; the margin covers the
+    fp32 rounding of the bound and of the exact distance, so skipping leaves ``acc`` bitwise
+    unchanged."""
+    o_d = tl.arange(0, DP)
+    p_e = tl.load(sk_ptr + (a + oe)[:, None] * DP + o_d[None, :], mask=m_e[:, None], other=0.0)
+    p_p = tl.load(sk_ptr + (a + jl)[:, None] * DP + o_d[None, :], mask=m_p[:, None], other=0.0)
+    r_e = tl.load(rr_ptr + a + oe, mask=m_e, other=0.0)
+    r_p = tl.load(rr_ptr + a + jl, mask=m_p, other=0.0)
+    ub = tl.dot(p_e, tl.trans(p_p), input_precision="ieee") + r_e[:, None] * r_p[None, :]
+    m_b = tl.broadcast_to(m_p[None, :], (L, L))
+    if GROUPS:  # other groups are at +inf: never lowered
+        g_e = tl.load(gid_ptr + a + oe, mask=m_e, other=-1)
+        g_p = tl.load(gid_ptr + a + jl, mask=m_p, other=-2)
+        m_b = m_b & (g_e[:, None] == g_p[None, :])
+    lb = tl.min(tl.where(m_b, 1.0 - ub - sk_margin, float("inf")), axis=1)  # [L]
+    hit = tl.max(((oe[:, None] == jl[None, :]) & m_p[None, :]).to(tl.int32), axis=1)
+    lower = ((lb < v) & (v > float("-inf"))) | (hit > 0)
+    return tl.max(lower.to(tl.int32), axis=0) > 0
+
+
+@triton.jit
 def _rows_of(rows_ptr, a, o, m, GATHER: tl.constexpr):
     if GATHER:
         return tl.load(rows_ptr + a + o, mask=m, other=0)
@@ -97,11 +137,13 @@ def _rows_of(rows_ptr, a, o, m, GATHER: tl.constexpr):
 @triton.jit
 def _phase_tiles(
     i_p, n_p,  # this program, programs
-    x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+    x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
     lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,  # INIT: initial pick lists (local = value - shift)
     sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, stat_ptr,
+    sk_ptr, rr_ptr, sk_margin,  # SKETCH: [Q, DP] fp32 projections, [Q] residual norms
     D, stride_x,
-    INIT: tl.constexpr, CAND: tl.constexpr, GATHER: tl.constexpr, STATS: tl.constexpr,
+    INIT: tl.constexpr, CAND: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr,
+    STATS: tl.constexpr, SKETCH: tl.constexpr, DP: tl.constexpr,
     TE: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
@@ -124,6 +166,7 @@ def _phase_tiles(
         top = tl.full((L,), NEG, tl.int64)
         nx = tl.full((), NEG, tl.int64)
         work = tl.zeros((), dtype=tl.int64)
+        skipped = tl.zeros((), dtype=tl.int64)
         if (n > 0) | (CAND & live_seg) | INIT:
             for s0 in range(0, TE, L):
                 oe = e0 + s0 + ow  # [L] local entries
@@ -135,17 +178,37 @@ def _phase_tiles(
                 if (n > 0) & (tl.max((v > float("-inf")).to(tl.int32), axis=0) > 0):
                     r_e = _rows_of(rows_ptr, a, oe, m_e, GATHER)
                     inv_e = tl.load(inv_ptr + a + oe, mask=m_e, other=0.0)
+                    if GROUPS:
+                        g_e = tl.load(gid_ptr + a + oe, mask=m_e, other=-1)
+                        g_lo = tl.min(tl.where(m_e, g_e, 0x7FFFFFFF), axis=0)
+                        g_hi = tl.max(g_e, axis=0)
                     for c0 in range(0, n, L):  # the picks, L at a time
                         m_p = c0 + ow < n
                         jl = tl.load(lp + c0 + ow, mask=m_p, other=0) - shift
-                        r_p = _rows_of(rows_ptr, a, jl, m_p, GATHER)
-                        inv_p = tl.load(inv_ptr + a + jl, mask=m_p, other=0.0)
-                        d = _dist_tile(x_ptr, r_e, m_e, inv_e, r_p, m_p, inv_p, D, stride_x,
-                                       L, BK, PREC)  # fmt: skip
-                        d = tl.min(tl.where(m_p[None, :], d, float("inf")), axis=1)
-                        hit = tl.max(((oe[:, None] == jl[None, :]) & m_p[None, :]).to(tl.int32), 1)
-                        v = tl.where(hit > 0, float("-inf"), tl.minimum(v, d))
-                        work += L * L
+                        near = True
+                        if GROUPS:  # groups are contiguous: a pick outside [g_lo, g_hi] is +inf
+                            g_p = tl.load(gid_ptr + a + jl, mask=m_p, other=-2)
+                            near = tl.max((m_p & (g_p >= g_lo) & (g_p <= g_hi)).to(tl.int32), 0) > 0
+                        exact = near
+                        if SKETCH:
+                            exact = near & _sketch_may_lower(
+                                sk_ptr, rr_ptr, sk_margin, gid_ptr, a, oe, m_e, jl, m_p, v,
+                                GROUPS, L, DP,
+                            )  # fmt: skip
+                            skipped += tl.where(near & (not exact), L * L, 0)
+                        if exact:
+                            r_p = _rows_of(rows_ptr, a, jl, m_p, GATHER)
+                            inv_p = tl.load(inv_ptr + a + jl, mask=m_p, other=0.0)
+                            d = _dist_tile(x_ptr, r_e, m_e, inv_e, r_p, m_p, inv_p, D, stride_x,
+                                           L, BK, PREC)  # fmt: skip
+                            m_d = tl.broadcast_to(m_p[None, :], (L, L))
+                            if GROUPS:  # tokens of different groups never cover each other
+                                m_d = m_d & (g_e[:, None] == g_p[None, :])
+                            d = tl.min(tl.where(m_d, d, float("inf")), axis=1)
+                            hit = tl.max(((oe[:, None] == jl[None, :]) & m_p[None, :]).to(tl.int32),
+                                         1)  # fmt: skip
+                            v = tl.where(hit > 0, float("-inf"), tl.minimum(v, d))
+                            work += L * L
                     tl.store(acc_ptr + a + oe, v, mask=m_e)
                 elif INIT:
                     tl.store(acc_ptr + a + oe, v, mask=m_e)
@@ -158,16 +221,17 @@ def _phase_tiles(
             tl.store(nxt_ptr + t, nx)
         if STATS:
             tl.store(stat_ptr + t, tl.load(stat_ptr + t) + work)
+            tl.store(stat_ptr + n_tiles + t, tl.load(stat_ptr + n_tiles + t) + skipped)
 
 
 @triton.jit
 def _phase_window(
     i_p, n_p,
-    x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
+    x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
     sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
     out_ptr, gain_ptr, obase_ptr, vbase_ptr, stat_ptr,
     D, stride_x,
-    RANK: tl.constexpr, GATHER: tl.constexpr, STATS: tl.constexpr,
+    RANK: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr, STATS: tl.constexpr,
     L: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """Phase W over segments ``i_p, i_p + n_p, ...``: the round's exact picks."""
@@ -189,15 +253,23 @@ def _phase_window(
             r_w = _rows_of(rows_ptr, a, w_i, m_w, GATHER)
             inv_w = tl.load(inv_ptr + a + w_i, mask=m_w, other=0.0)
             sub = _dist_tile(x_ptr, r_w, m_w, inv_w, r_w, m_w, inv_w, D, stride_x, L, BK, PREC)
+            if GROUPS:
+                g_w = tl.load(gid_ptr + a + w_i, mask=m_w, other=-1)
+                sub = tl.where(g_w[:, None] == g_w[None, :], sub, float("inf"))
             go = done < steps
             obase = tl.load(obase_ptr + g)
             vbase = tl.load(vbase_ptr + g)
+            top_v = tl.max(tl.where(m_w, loc, float("-inf")), axis=0)  # the segment's max
             for _ in range(L):
-                k = tl.where(m_w & (loc > float("-inf")), _pack(loc, w_i), NEG)
-                best = tl.max(k, axis=0)
-                p = tl.min(tl.where(k == best, ow, L), axis=0)
-                ok = go & (best != NEG) & (best > bound) & (done + n_acc < steps)
-                j = tl.sum(tl.where(ow == p, w_i, 0), axis=0)
+                # the band rule inside the window: M = its largest live value, the pick is the
+                # lowest index among live entries >= M - PICK_TIE
+                live = m_w & (loc > float("-inf"))
+                tau = tl.max(tl.where(live, loc, float("-inf")), axis=0) - PICK_TIE
+                j = tl.min(tl.where(live & (loc >= tau), w_i, 0x7FFFFFFF), axis=0)
+                p = tl.min(tl.where(live & (w_i == j), ow, L), axis=0)
+                # exact while no entry outside W can be in the band (nor hold M): they all
+                # have keys <= bound and only fall, so (tau, j) beating the bound proves it
+                ok = go & (p < L) & (_pack(tau, j) > bound) & (done + n_acc < steps)
                 v = tl.sum(tl.where(ow == p, loc, 0.0), axis=0)
                 if RANK:
                     tl.store(out_ptr + obase + j, vbase + done + n_acc, mask=ok)
@@ -210,7 +282,30 @@ def _phase_window(
                 loc = tl.where(ok & (ow == p), float("-inf"), loc)
                 n_acc += ok.to(tl.int64)
                 go = ok
-            # n_acc >= 1 (the window holds the segment's best entry); never spin
+            if (n_acc == 0) & (done < steps):
+                # the band reaches outside the window (values within PICK_TIE of the max, or
+                # more +inf entries than L): the round's one pick is the lowest index of the
+                # whole segment with acc >= M - PICK_TIE (acc is exact here), by a scan
+                K = tl.load(off_ptr + g + 1) - a
+                tau = top_v - PICK_TIE
+                o_s = tl.arange(0, SCAN)
+                jb = tl.full((SCAN,), 0x7FFFFFFF, tl.int64)
+                for s0 in range(0, K, SCAN):
+                    vs = tl.load(acc_ptr + a + s0 + o_s, mask=s0 + o_s < K, other=float("-inf"))
+                    jb = tl.minimum(jb, tl.where((vs > float("-inf")) & (vs >= tau), s0 + o_s,
+                                                 0x7FFFFFFF))  # fmt: skip
+                j = tl.min(jb, axis=0)
+                v = tl.load(acc_ptr + a + j)
+                if RANK:
+                    tl.store(out_ptr + obase + j, vbase + done)
+                else:
+                    tl.store(out_ptr + obase + done, vbase + j)
+                    tl.store(gain_ptr + obase + done, v)
+                tl.store(sel_ptr + g * L, j)
+                n_acc += 1
+                if STATS:
+                    tl.store(stat_ptr + n_seg + g, tl.load(stat_ptr + n_seg + g) + 1)
+            # n_acc >= 1 (a window pick or the scan's); never spin
             tl.store(done_ptr + g, tl.where(n_acc > 0, done + n_acc, steps))
             if STATS:
                 tl.store(stat_ptr + g, tl.load(stat_ptr + g) + 1)
@@ -243,49 +338,54 @@ def _grid_barrier(bar_ptr, n_p, epoch):
 
 @triton.jit
 def _tiles_kernel(
-    x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+    x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
     lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
     sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, stat_ptr,
+    sk_ptr, rr_ptr, sk_margin,  # SKETCH: [Q, DP] fp32 projections, [Q] residual norms
     D, stride_x,
-    INIT: tl.constexpr, CAND: tl.constexpr, GATHER: tl.constexpr, STATS: tl.constexpr,
+    INIT: tl.constexpr, CAND: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr,
+    STATS: tl.constexpr, SKETCH: tl.constexpr, DP: tl.constexpr,
     TE: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
     _phase_tiles(
         tl.program_id(0), tl.num_programs(0),
-        x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+        x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
         lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
-        sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, stat_ptr, D, stride_x,
-        INIT, CAND, GATHER, STATS, TE, L, BK, BLOCK_N, PREC,
+        sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, stat_ptr,
+        sk_ptr, rr_ptr, sk_margin, D, stride_x,
+        INIT, CAND, GATHER, GROUPS, STATS, SKETCH, DP, TE, L, BK, BLOCK_N, PREC,
     )  # fmt: skip
 
 
 @triton.jit
 def _window_kernel(
-    x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
+    x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
     sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
     out_ptr, gain_ptr, obase_ptr, vbase_ptr, stat_ptr,
     D, stride_x,
-    RANK: tl.constexpr, GATHER: tl.constexpr, STATS: tl.constexpr,
+    RANK: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr, STATS: tl.constexpr,
     L: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     _phase_window(
         tl.program_id(0), tl.num_programs(0),
-        x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
+        x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
         sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
         out_ptr, gain_ptr, obase_ptr, vbase_ptr, stat_ptr, D, stride_x,
-        RANK, GATHER, STATS, L, BK, PREC,
+        RANK, GATHER, GROUPS, STATS, L, BK, PREC,
     )  # fmt: skip
 
 
 @triton.jit
 def _engine_persistent_kernel(
-    x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+    x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
     lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
     sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
     out_ptr, gain_ptr, obase_ptr, vbase_ptr, tstat_ptr, wstat_ptr, bar_ptr,
+    sk_ptr, rr_ptr, sk_margin,
     D, stride_x,
-    RANK: tl.constexpr, GATHER: tl.constexpr, STATS: tl.constexpr,
+    RANK: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr, STATS: tl.constexpr,
+    SKETCH: tl.constexpr, DP: tl.constexpr,
     TE: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
@@ -295,10 +395,11 @@ def _engine_persistent_kernel(
     i_p = tl.program_id(0)
     n_p = tl.num_programs(0)
     _phase_tiles(
-        i_p, n_p, x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+        i_p, n_p, x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
         lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
-        sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, tstat_ptr, D, stride_x,
-        True, True, GATHER, STATS, TE, L, BK, BLOCK_N, PREC,
+        sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, tstat_ptr,
+        sk_ptr, rr_ptr, sk_margin, D, stride_x,
+        True, True, GATHER, GROUPS, STATS, SKETCH, DP, TE, L, BK, BLOCK_N, PREC,
     )  # fmt: skip
     epoch = 1
     _grid_barrier(bar_ptr, n_p, epoch)
@@ -307,22 +408,47 @@ def _engine_persistent_kernel(
     cont = _unfinished(steps_ptr, done_ptr, n_seg, BLOCK_N)
     while cont > 0:
         _phase_window(
-            i_p, n_p, x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
+            i_p, n_p, x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
             sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
             out_ptr, gain_ptr, obase_ptr, vbase_ptr, wstat_ptr, D, stride_x,
-            RANK, GATHER, STATS, L, BK, PREC,
+            RANK, GATHER, GROUPS, STATS, L, BK, PREC,
         )  # fmt: skip
         epoch += 1
         _grid_barrier(bar_ptr, n_p, epoch)
         _phase_tiles(
-            i_p, n_p, x_ptr, rows_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
+            i_p, n_p, x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg, n_tiles,
             lst_ptr, loff_ptr, lcnt_ptr, shift_ptr,
-            sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, tstat_ptr, D, stride_x,
-            False, True, GATHER, STATS, TE, L, BK, BLOCK_N, PREC,
+            sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr, tstat_ptr,
+            sk_ptr, rr_ptr, sk_margin, D, stride_x,
+            False, True, GATHER, GROUPS, STATS, SKETCH, DP, TE, L, BK, BLOCK_N, PREC,
         )  # fmt: skip
         cont = _unfinished(steps_ptr, done_ptr, n_seg, BLOCK_N)
         epoch += 1
         _grid_barrier(bar_ptr, n_p, epoch)
+
+
+def sketch(x, rows, inv, Q: int, dp: int, chunk: int = 1024):
+    """The sketch bound's data for entries ``q < Q`` (rows ``rows[q]`` of ``x``, or ``q``):
+    ``p [Q, dp]`` fp32, the unit rows ``x̂_q`` projected on an orthonormal basis ``P [D, dp]``
+    (a QR of ``dp`` entries spread over the segments: the span of real tokens), and ``r [Q]``,
+    the norms of the residuals ``x̂_q - P p_q``, computed directly (not as ``sqrt(1 - |p|^2)``,
+    which loses all precision near 0). Then ``x̂_i . x̂_j = p_i . p_j + e_i . e_j <= p_i . p_j +
+    r_i r_j``. Eager PyTorch on the device, ``chunk`` rows at a time (``O(Q dp)`` kept)."""
+    dev = x.device
+    pick = torch.linspace(0, Q - 1, steps=min(dp, Q), device=dev).round().long()
+    xr = x[rows[pick] if rows is not None else pick].float() * inv[pick, None]
+    basis = torch.zeros(x.shape[1], dp, dtype=torch.float32, device=dev)
+    basis[:, : pick.numel()] = torch.linalg.qr(xr.T).Q
+    p = torch.empty(Q, dp, dtype=torch.float32, device=dev)
+    r = torch.empty(Q, dtype=torch.float32, device=dev)
+    for c0 in range(0, Q, chunk):
+        c1 = min(Q, c0 + chunk)
+        idx = rows[c0:c1] if rows is not None else torch.arange(c0, c1, device=dev)
+        xc = x[idx].float() * inv[c0:c1, None]
+        pc = xc @ basis
+        p[c0:c1] = pc
+        r[c0:c1] = torch.linalg.vector_norm(xc - pc @ basis.T, dim=1)
+    return p, r
 
 
 def engine_warps(window: int) -> int:
@@ -342,7 +468,10 @@ def run_engine(
     tile: int,
     persistent: Optional[bool] = None,
     stats: Optional[dict] = None,
-) -> torch.Tensor:
+    gid: Optional[torch.Tensor] = None,
+    plan_only: bool = False,
+    sketch_dim: int = 0,
+):
     """Run the engine over segments with host offsets ``seg``; returns ``acc`` (final running
     distances). ``state``: device tensors prepared by the caller's prologue, all ``[n]`` int64
     unless said: ``lst`` (initial pick lists), ``loff``, ``lcnt``, ``shift``, ``steps``,
@@ -350,7 +479,15 @@ def run_engine(
     ``persistent``: one launch with device-wide barriers (default on a GPU when the tiles fit
     one program per SM), else one launch per phase and a host read per round (interpreter).
     ``stats``: filled with ``tile_work [T]`` ((entry, pick) distances computed per tile),
-    ``rounds [n]`` and ``launches``.
+    ``rounds [n]``, ``scans [n]`` (rounds whose one pick came from the fallback scan) and
+    ``launches``. ``gid [Q]`` int64 (optional): every entry's group, groups contiguous inside a
+    segment; entries of different groups are at distance ``+inf`` (their dots are skipped
+    where a whole sub-tile and the picks share no group). ``plan_only`` (persistent only):
+    allocate, launch nothing, return ``(acc, launch)``: ``launch()`` runs the whole loop
+    (memsets + one kernel, no host work: CUDA-graph capturable), again on every call.
+    ``sketch_dim`` (0: off; 16 or 32): phase T tests the sketch bound (:func:`sketch`) before
+    each distance tile and skips the tiles it proves cannot lower a live entry: the same
+    results bit for bit; ``stats["tile_skipped"]`` counts the skipped (entry, pick) pairs.
     """
     from ._common import INTERPRET, dot_precision, next_pow2, pack
 
@@ -367,8 +504,8 @@ def run_engine(
     nxt = empty(max(T, 1), torch.int64, dev)
     sel = empty((max(n, 1), L), torch.int64, dev)
     nsel = torch.zeros(max(n, 1), dtype=torch.int64, device=dev)
-    tstat = torch.zeros(max(T, 1), dtype=torch.int64, device=dev)
-    wstat = torch.zeros(max(n, 1), dtype=torch.int64, device=dev)
+    tstat = torch.zeros(2 * max(T, 1), dtype=torch.int64, device=dev)  # computed, skipped
+    wstat = torch.zeros(2 * max(n, 1), dtype=torch.int64, device=dev)  # rounds, scan rounds
     s = state
     D = x.shape[1]
     BK = min(32 if x.dtype != torch.float32 else 16, max(16, next_pow2(D)))
@@ -378,14 +515,26 @@ def run_engine(
     gather = rows is not None
     rows_a = rows if gather else off_d
     BLOCK_N = min(1024, next_pow2(n + 1))
-    tile_args = (x, rows_a, inv, acc, off_d, tcum_d, n, T, s["lst"], s["loff"], s["lcnt"],
+    gid_a = gid if gid is not None else off_d
+    tile_args = (x, rows_a, gid_a, inv, acc, off_d, tcum_d, n, T, s["lst"], s["loff"], s["lcnt"],
                  s["shift"], sel, nsel, s["steps"], s["done"], cand, nxt)  # fmt: skip
-    win_args = (x, rows_a, inv, acc, off_d, tcum_d, n, sel, nsel, s["steps"], s["done"], cand,
-                nxt, s["out"], s["gain"], s["obase"], s["vbase"])  # fmt: skip
-    kw = dict(GATHER=gather, STATS=stats is not None, L=L, BK=BK, PREC=prec)
+    win_args = (x, rows_a, gid_a, inv, acc, off_d, tcum_d, n, sel, nsel, s["steps"], s["done"],
+                cand, nxt, s["out"], s["gain"], s["obase"], s["vbase"])  # fmt: skip
+    kw = dict(GATHER=gather, GROUPS=gid is not None, STATS=stats is not None, L=L, BK=BK,
+              PREC=prec)  # fmt: skip
+    DP = int(sketch_dim)
+    if DP and (DP < 16 or DP & (DP - 1)):
+        raise ValueError(f"sketch_dim must be 0 or a power of two >= 16, got {sketch_dim}")
+    if DP and T and n:
+        sk, rr = sketch(x, rows, inv, seg[-1], DP)
+        # the bound's and the exact distance's fp32 rounding: a few units of 2^-24 per term
+        margin = 8.0 * (D + DP + 16) * 2.0**-24 + 1e-6
+    else:
+        sk, rr, margin = acc, acc, 0.0
+    skw = dict(SKETCH=bool(DP), DP=max(DP, 16))
     launches = 0
     if T == 0 or n == 0:
-        return acc
+        return (acc, lambda: None) if plan_only else acc
     if persistent is None:
         persistent = dev.type == "cuda" and not INTERPRET
     with set_device(dev):
@@ -395,23 +544,36 @@ def run_engine(
             n_sm = 1 if INTERPRET else torch.cuda.get_device_properties(dev).multi_processor_count
             grid = min(T, n_sm)
             bar = torch.zeros(1, dtype=torch.int32, device=dev)
-            _engine_persistent_kernel[(grid,)](
-                *tile_args, s["out"], s["gain"], s["obase"], s["vbase"], tstat, wstat, bar,
-                D, x.stride(0), RANK=rank, TE=TE, BLOCK_N=BLOCK_N, num_warps=engine_warps(L),
-                **kw,
-            )  # fmt: skip
+
+            def launch():
+                # everything the loop mutates starts afresh: one launch (and its memsets) with
+                # no host work, so it can be captured in a CUDA graph and replayed
+                for t in (s["done"], nsel, bar, tstat, wstat):
+                    t.zero_()
+                with set_device(dev):
+                    _engine_persistent_kernel[(grid,)](
+                        *tile_args, s["out"], s["gain"], s["obase"], s["vbase"], tstat, wstat,
+                        bar, sk, rr, margin, D, x.stride(0), RANK=rank, TE=TE, BLOCK_N=BLOCK_N,
+                        num_warps=engine_warps(L), **kw, **skw,
+                    )  # fmt: skip
+
+            if plan_only:
+                return acc, launch
+            launch()
             launches = 1
         else:
-            _tiles_kernel[(T,)](*tile_args, tstat, D, x.stride(0), INIT=True, CAND=True,
-                                TE=TE, BLOCK_N=BLOCK_N, **kw)  # fmt: skip
+            _tiles_kernel[(T,)](*tile_args, tstat, sk, rr, margin, D, x.stride(0), INIT=True,
+                                CAND=True, TE=TE, BLOCK_N=BLOCK_N, **kw, **skw)  # fmt: skip
             launches += 1
             while bool((s["done"][:n] < s["steps"][:n]).any()):  # a host read per round
                 _window_kernel[(n,)](*win_args, wstat, D, x.stride(0), RANK=rank, **kw)
-                _tiles_kernel[(T,)](*tile_args, tstat, D, x.stride(0), INIT=False, CAND=True,
-                                    TE=TE, BLOCK_N=BLOCK_N, **kw)  # fmt: skip
+                _tiles_kernel[(T,)](*tile_args, tstat, sk, rr, margin, D, x.stride(0),
+                                    INIT=False, CAND=True, TE=TE, BLOCK_N=BLOCK_N, **kw,
+                                    **skw)  # fmt: skip
                 launches += 2
     if stats is not None:
-        stats.update(tile_work=tstat[:T], rounds=wstat[:n], launches=launches, tiles=T)
+        stats.update(tile_work=tstat[:T], tile_skipped=tstat[T : 2 * T], rounds=wstat[:n],
+                     scans=wstat[n : 2 * n], launches=launches, tiles=T)  # fmt: skip
     return acc
 
 

@@ -248,9 +248,11 @@ def _rows_prologue_kernel(
     tl.store(obase_ptr + i_r, o0 + n_res)
 
 
-def _rows_engine(vision, po, pool, reserved, picks, ooff, eps, window, block, stats, dist,
-                 order, gains, persistent=None):  # fmt: skip
-    """Stage 2's greedy by the row engine (``_engine.py``): no pool block."""
+def _rows_engine(vision, po, go, pool, reserved, picks, ooff, eps, window, block, stats, dist,
+                 order, gains, persistent=None, plan_only=False, sketch_dim=0):  # fmt: skip
+    """Stage 2's greedy by the row engine (``_engine.py``): no pool block; with groups
+    (``go != po``) every pool entry carries its group id and cross-group distances are
+    ``+inf``."""
     x = kernel_input(vision)
     dev = x.device
     R = len(po) - 1
@@ -269,14 +271,27 @@ def _rows_engine(vision, po, pool, reserved, picks, ooff, eps, window, block, st
                  out=order, gain=gains, obase=obase, vbase=off_d)  # fmt: skip
     info = {} if stats is not None else None
     te = engine_tile(block, window)
+    gid = None
+    if go != po:
+        sizes = torch.tensor([b - a for a, b in zip(go, go[1:])])
+        gid = torch.repeat_interleave(torch.arange(len(go) - 1), sizes).to(dev)
+    if plan_only:  # tests: the prologue has run; the engine's one launch, to capture
+        _, launch = run_engine(x, pool, inv, po, state, rank=False, window=window, tile=te,
+                               persistent=True, gid=gid, plan_only=True,
+                               sketch_dim=sketch_dim)  # fmt: skip
+        return order, gains, launch
     acc = run_engine(x, pool, inv, po, state, rank=False, window=window, tile=te, stats=info,
-                     persistent=persistent)  # fmt: skip
+                     persistent=persistent, gid=gid, sketch_dim=sketch_dim)  # fmt: skip
     if stats is not None:
         from .greedy_select import _per_segment
 
         stats.zero_()
         stats[:, 0] = info.get("rounds", torch.zeros(R, dtype=torch.int64, device=dev))
         stats[:, 1] = _per_segment(info, po, te)
+        if stats.shape[1] > 2 and "scans" in info:  # rounds that picked by the fallback scan
+            stats[:, 2] = info["scans"]
+        if stats.shape[1] > 3:  # (entry, pick) pairs the sketch bound skipped
+            stats[:, 3] = _per_segment(info, po, te, "tile_skipped")
     if dist is not None:
         dist.copy_(acc[:Q])
     return order, gains
@@ -298,6 +313,7 @@ def global_greedy_fwd(
     engine: Optional[str] = None,
     dist: Optional[torch.Tensor] = None,
     persistent: Optional[bool] = None,
+    sketch_dim: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``adaptive_prune::global_greedy`` on the device: ``(order [sum P] int64, gains fp32)``.
 
@@ -310,11 +326,14 @@ def global_greedy_fwd(
     groups never cover each other; their similarity entries are set to ``-inf`` (distance
     ``+inf``) in the pool blocks, so the kernels run unchanged. The blocks stay ``K_r x K_r``
     (the work is not yet bounded by the groups). ``engine``: ``"blocks"`` (default) or
-    ``"rows"`` (``_engine.py``: no pool block; needs a window and one group per request, else
-    the blocks run; ``stats`` then receives rounds and the (entry, pick) distances computed;
+    ``"rows"`` (``_engine.py``: no pool block, groups served by ``+inf`` distances across
+    them; needs a window, else the blocks run; ``stats`` then receives rounds and the
+    (entry, pick) distances computed;
     ``dist [K]`` fp32, if given, every pool entry's final running distance to the picked and
     reserved set, ``-inf`` for those; ``persistent``: force the one-launch loop on or off,
-    default on a GPU).
+    default on a GPU; ``sketch_dim``: 0 (off), 16 or 32, the row engine's sketch bound, same
+    results; ``stats`` may have a third column (fallback-scan rounds) and a fourth (pairs the
+    sketch bound skipped)).
     """
     dev = vision.device
     po = host_ints(pool_offsets)
@@ -336,9 +355,9 @@ def global_greedy_fwd(
     for p in picks:
         ooff.append(ooff[-1] + p)
     window = check_window(window)
-    if check_engine(engine) == "rows" and window and go == po:  # the row engine knows no groups
-        return _rows_engine(vision, po, pool, reserved, picks, ooff, eps, window, block, stats,
-                            dist, order, gains, persistent)  # fmt: skip
+    if check_engine(engine) == "rows" and window:
+        return _rows_engine(vision, po, go, pool, reserved, picks, ooff, eps, window, block, stats,
+                            dist, order, gains, persistent, sketch_dim=sketch_dim)  # fmt: skip
     groups = block_groups(sizes, block_budget_mb)
     if len(groups) > 1:  # the pool blocks of all requests exceed the budget: a group at a time
         for a, b in groups:

@@ -273,7 +273,8 @@ def _first_pick_kernel(
     tl.store(steps_ptr + i_g, tl.maximum(b - 1, 0))
 
 
-def _rows_engine(vision, cu, budgets, eps, window, block, stats, dist, persistent=None):
+def _rows_engine(vision, cu, budgets, eps, window, block, stats, dist, persistent=None,
+                 sketch_dim=0):  # fmt: skip
     """Stage 1's max-min greedy by the row engine (``_engine.py``): no similarity block."""
     x = kernel_input(vision)
     dev = x.device
@@ -297,21 +298,25 @@ def _rows_engine(vision, cu, budgets, eps, window, block, stats, dist, persisten
     info = {} if stats is not None else None
     te = engine_tile(block, window)
     acc = run_engine(x, None, inv, cu, state, rank=True, window=window, tile=te, stats=info,
-                     persistent=persistent)  # fmt: skip
+                     persistent=persistent, sketch_dim=sketch_dim)  # fmt: skip
     if stats is not None:
         stats.zero_()
         stats[:, 0] = info.get("rounds", torch.zeros(n, dtype=torch.int64, device=dev))
         stats[:, 1] = _per_segment(info, cu, engine_tile(block, window))
+        if stats.shape[1] > 2 and "scans" in info:  # rounds that picked by the fallback scan
+            stats[:, 2] = info["scans"]
+        if stats.shape[1] > 3:  # (entry, pick) pairs the sketch bound skipped
+            stats[:, 3] = _per_segment(info, cu, engine_tile(block, window), "tile_skipped")
     if dist is not None:
         dist.copy_(acc[:N])
     return rank
 
 
-def _per_segment(info, seg, te):
-    """Sum of the tiles' work counters per segment (benchmarks)."""
+def _per_segment(info, seg, te, key="tile_work"):
+    """Sum of the tiles' work (or ``key``) counters per segment (benchmarks)."""
     out = []
     t = 0
-    work = info.get("tile_work")
+    work = info.get(key)
     for g in range(len(seg) - 1):
         nt = cdiv(seg[g + 1] - seg[g], te)
         out.append(int(work[t : t + nt].sum()) if work is not None and nt else 0)
@@ -333,6 +338,7 @@ def greedy_select_fwd(
     engine: Optional[str] = None,
     dist: Optional[torch.Tensor] = None,
     persistent: Optional[bool] = None,
+    sketch_dim: int = 0,
 ) -> torch.Tensor:
     """``adaptive_prune::greedy_select`` on the device. Returns ``rank [N]`` int64.
 
@@ -343,9 +349,11 @@ def greedy_select_fwd(
     tensor that receives every image's rounds and passes over its distances (windowed engine
     only; benchmarks). ``engine``: ``"blocks"`` (default) or ``"rows"`` (``_engine.py``: no
     similarity block; max-min only, with a window; ``stats`` then receives rounds and the
-    (entry, pick) distances computed; ``dist [N]`` fp32, if given, every unpicked token's final
-    running distance, ``-inf`` for picks; ``persistent``: force the one-launch loop on or off,
-    default on a GPU).
+    (entry, pick) distances computed, a third column the rounds picked by the fallback scan, a
+    fourth the pairs the sketch bound skipped; ``dist [N]`` fp32, if given, every unpicked
+    token's final running distance, ``-inf`` for picks; ``persistent``: force the one-launch
+    loop on or off, default on a GPU; ``sketch_dim``: 0 (off), 16 or 32, the row engine's
+    sketch bound, same results).
     """
     if mode not in ("maxmin", "maxsum"):
         raise ValueError(f"mode must be 'maxmin' or 'maxsum', got {mode!r}")
@@ -354,7 +362,8 @@ def greedy_select_fwd(
         cu = host_ints(cu_seqlens)
         if len(cu) > 1:
             w = check_window(window)
-            return _rows_engine(vision, cu, budgets, eps, w, block, stats, dist, persistent)
+            return _rows_engine(vision, cu, budgets, eps, w, block, stats, dist, persistent,
+                                sketch_dim)  # fmt: skip
     dev = vision.device
     N = vision.shape[0]
     cu = host_ints(cu_seqlens)

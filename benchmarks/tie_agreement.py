@@ -4,15 +4,22 @@ differ, the first op whose output differs for the same inputs.
 
 Inputs (seeded, the fuzz suite's tie-heavy kind, tests/test_fuzz.py ``build``): few distinct
 rows drawn from a small integer grid (duplicated rows and images, equal distances), some zero
-rows, D in {1, 2, 3, 8, 16}, 1-4 images of 1-40 tokens (2-token images included), fp32, the
-adaptive method with ``intra`` max-min or max-sum, ``inter_image`` on or off, keep ratios
-0.05-1.
+rows, D in {1, 2, 3, 8, 16}, 1-2 requests of 1-4 images of 1-40 tokens (2-token images
+included), Gaussian text rows (0, 1 or 3) for most requests, fp32, the adaptive method with
+``intra`` max-min or max-sum, ``inter_image`` on or off, budgets of 5-100 % (at least one row
+per image).
 
 For every case the reference's ``prune_batch`` runs under a dispatch mode that records every
-``adaptive_prune::*`` call (name, arguments, outputs); each backend then runs ``prune_batch``
-itself (the kept rows are compared), and every recorded call is replayed on that backend with
-the reference's arguments: the first op whose integer outputs (ranks, budgets, orders, masks;
-``global_greedy``'s order, not its float gains) differ is the first divergence.
+``adaptive_prune::*`` call (name, arguments, outputs). Each backend then
+
+- replays every recorded call with the reference's arguments: ``op_differs`` counts, per op,
+  the cases where its integer outputs (ranks, budgets, orders, masks; ``global_greedy``'s order,
+  not its float gains) differ for the same inputs;
+- runs ``prune_batch`` itself, recorded too: ``prune_differs`` counts the cases whose kept rows
+  differ, and for those, ``first_divergence`` names the first op of the backend's own chain
+  whose integer outputs differ from the reference's chain, ``[same inputs]`` when that op got
+  the same arguments (the op itself diverged) or ``[inputs differ]`` when float outputs of
+  earlier ops (rounding), and what the method computed from them, already differed.
 
 Usage::
 
@@ -46,7 +53,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 OUT = H.RESULTS / "tie_agreement.csv"
 FIELDS = (
     "date git_commit machine cpu torch triton cpp backend cases prune_differs "
-    "first_divergence seconds"
+    "first_divergence op_differs seconds"
 ).split()
 
 
@@ -77,6 +84,7 @@ def make_case(seed: int) -> dict:
         "D": g.choice([1, 2, 3, 8, 16]),
         "zero_rows": g.random() < 0.3,
         "keep": [g.choice([g.uniform(0.05, 1.0), 0.25, 0.5]) for _ in images],
+        "text_rows": [g.choice([0, 1, 3]) if g.random() < 0.6 else 0 for _ in images],
         "intra": g.choice(["maxmin", "maxsum"]),
         "inter_image": g.choice([True, False]),
     }
@@ -90,17 +98,23 @@ def build(case: dict):
     x = base[torch.randint(0, base.shape[0], (N,), generator=gen)]
     if case["zero_rows"]:
         x[torch.rand(N, generator=gen) < 0.2] = 0.0
+    text = [torch.randn(m, D, generator=gen) if m else None for m in case["text_rows"]]
     cu = H.cu_seqlens(case["sizes"])
     ro = H.cu_seqlens(case["images"])
-    kw = dict(keep_ratio=case["keep"], intra=case["intra"], inter_image=case["inter_image"])
-    return x, cu, ro, kw
+    budget, a = [], 0
+    for n_img, keep in zip(case["images"], case["keep"]):  # at least one row per image
+        sz = case["sizes"][a : a + n_img]
+        budget.append(max(len(sz), round(keep * sum(sz))))
+        a += n_img
+    kw = dict(budget=budget, intra=case["intra"], inter_image=case["inter_image"])
+    return x, cu, ro, (text if any(case["text_rows"]) else None), kw
 
 
-def kept(backend: str, x, cu, ro, kw) -> list[int]:
+def kept(backend: str, x, cu, ro, text, kw) -> list[int]:
     import adaptive_prune as ap
 
     with ap.backend(backend):
-        return ap.prune_batch(x, cu, ro, None, **kw).indices.tolist()
+        return ap.prune_batch(x, cu, ro, text, **kw).indices.tolist()
 
 
 def ints(out) -> list:
@@ -109,15 +123,33 @@ def ints(out) -> list:
     return [o.tolist() for o in outs if isinstance(o, torch.Tensor) and not o.is_floating_point()]
 
 
-def first_divergence(backend: str, calls) -> str:
+def same_args(a, b) -> bool:
+    return all(
+        (torch.equal(p, q) if torch.is_tensor(p) else p == q) for p, q in zip(a, b, strict=True)
+    )
+
+
+def op_differs(backend: str, calls) -> set:
+    """The ops whose integer outputs differ on ``backend`` for the reference's arguments."""
     import adaptive_prune as ap
 
-    for name, func, args, out in calls:
+    out = set()
+    for name, func, args, want in calls:
         with ap.backend(backend):
             got = func(*args)
-        if ints(got) != ints(out):
-            return name
-    return "none (same op outputs)"
+        if ints(got) != ints(want):
+            out.add(name)
+    return out
+
+
+def first_divergence(ref_calls, calls) -> str:
+    """The first op of two chains whose integer outputs differ."""
+    for (name, _, a1, o1), (name2, _, a2, o2) in zip(ref_calls, calls):
+        if name != name2:
+            return f"{name2} (call sequence differs)"
+        if ints(o1) != ints(o2):
+            return f"{name} [{'same inputs' if same_args(a1, a2) else 'inputs differ'}]"
+    return "no op (the method after the ops)"
 
 
 def main() -> None:
@@ -132,29 +164,35 @@ def main() -> None:
     torch.set_num_threads(1)
     differs = {b: 0 for b in backends}
     first = {b: Counter() for b in backends}
+    per_op = {b: Counter() for b in backends}
     secs = {b: 0.0 for b in backends}
     for s in range(a.seed0, a.seed0 + a.cases):
         case = make_case(s)
-        x, cu, ro, kw = build(case)
+        x, cu, ro, text, kw = build(case)
         with Record() as rec:
-            want = kept("reference", x, cu, ro, kw)
+            want = kept("reference", x, cu, ro, text, kw)
         for b in backends:
             t0 = time.perf_counter()
-            got = kept(b, x, cu, ro, kw)
+            with Record() as mine:
+                got = kept(b, x, cu, ro, text, kw)
             if got != want:
                 differs[b] += 1
-                first[b][first_divergence(b, rec.calls)] += 1
+                first[b][first_divergence(rec.calls, mine.calls)] += 1
+            per_op[b].update(op_differs(b, rec.calls))
             secs[b] += time.perf_counter() - t0
     cond = H.conditions()
     rows = []
     print(f"{a.cases} tie-heavy cases (seeds {a.seed0}..{a.seed0 + a.cases - 1}), fp32, "
           f"commit {cond['git_commit']}, cpp {cond['cpp']}")  # fmt: skip
-    print(f"{'backend':8s} {'prune differs':>13s}  first divergence (same inputs)")
+    print(f"{'backend':8s} {'prune differs':>13s}  first divergence | ops differing on the "
+          "same inputs (cases)")  # fmt: skip
     for b in backends:
         fd = "; ".join(f"{k}: {v}" for k, v in first[b].most_common()) or "-"
-        print(f"{b:8s} {differs[b]:>13d}  {fd}")
+        od = "; ".join(f"{k}: {v}" for k, v in per_op[b].most_common()) or "none"
+        print(f"{b:8s} {differs[b]:>13d}  {fd} | {od}")
         rows.append(dict(cond, backend=b, cases=a.cases, prune_differs=differs[b],
-                         first_divergence=fd, seconds=round(secs[b], 1)))  # fmt: skip
+                         first_divergence=fd, op_differs=od,
+                         seconds=round(secs[b], 1)))  # fmt: skip
     if not a.dry_run:
         H.append_csv(a.csv, rows, FIELDS)
 

@@ -26,6 +26,7 @@ import torch
 __all__ = [
     "PICK_TIE",
     "band_argmax",
+    "band_snap",
     "define",
     "compute_dtype",
     "normalize",
@@ -83,6 +84,26 @@ def band_argmax(
     band = torch.tensor(PICK_TIE, dtype=s.dtype, device=s.device) * terms
     hit = torch.nonzero(s >= top - band)
     return int(hit[0]) if hit.numel() else int(torch.argmax(s))  # (NaN scores: no band)
+
+
+def band_snap(values: torch.Tensor, band: float = PICK_TIE) -> torch.Tensor:
+    """``values [n]`` with every value within the tie band of a larger one made equal to it, so
+    that sorts and comparisons of fp32 results that only rounding tells apart (the same
+    quantity computed by two backends) come out the same: in decreasing order, the largest
+    value not yet grouped is an anchor, every value ``>= anchor - band`` joins its group and
+    takes its value. Same dtype and device; ``+-inf`` only group with themselves."""
+    v = values.double().tolist()
+    out = list(v)
+    order = sorted(range(len(v)), key=lambda i: -v[i])
+    i = 0
+    while i < len(order):
+        anchor = v[order[i]]
+        j = i + 1
+        while j < len(order) and v[order[j]] >= anchor - band:
+            out[order[j]] = anchor
+            j += 1
+        i = j
+    return torch.tensor(out, dtype=torch.float64).to(values.dtype).to(values.device)
 
 
 def greedy_order(

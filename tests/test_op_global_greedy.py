@@ -15,7 +15,7 @@ import math
 
 import pytest
 import torch
-from _backends import ATOL, BACKENDS, DTYPES, TIE, call, opcheck
+from _backends import ATOL, BACKENDS, DTYPES, call, opcheck
 from _inputs import ALL_DTYPES, CASES, EPS, MARGIN, TIE_FREE, TIE_HEAVY, offsets
 from torch._subclasses.fake_tensor import FakeTensorMode
 

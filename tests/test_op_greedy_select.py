@@ -197,7 +197,7 @@ def test_near_ties_go_to_the_lower_index(backend, mode):
     budgets = [1] * 40 + [3, 3]
     args = (x, offsets(counts), torch.tensor(budgets), mode, EPS)
     (rank,) = call(backend, OP, args, keep_cpu=(1, 2))
-    assert rank[0 : 80 : 2].tolist() == [0] * 40  # token 0 of every two-token image
+    assert rank[0:80:2].tolist() == [0] * 40  # token 0 of every two-token image
     assert torch.equal(rank, ref.greedy_select(*args))
     for k in range(len(counts)):
         seg = rank[sum(counts[:k]) : sum(counts[: k + 1])]

@@ -70,9 +70,7 @@ def bounds(offsets: torch.Tensor) -> list[int]:
 PICK_TIE = 1e-5
 
 
-def band_argmax(
-    scores: torch.Tensor, picked: Optional[torch.Tensor] = None, terms: int = 1
-) -> int:
+def band_argmax(scores: torch.Tensor, picked: Optional[torch.Tensor] = None, terms: int = 1) -> int:
     """The greedy's pick: ``M = max`` of ``scores [m]`` over the candidates (rows not marked in
     ``picked [m]``), then the LOWEST index among the candidates with score ``>= M - band``,
     ``band = PICK_TIE * terms`` (``terms``: how many distances each score sums, 1 for max-min

@@ -77,28 +77,30 @@ def _first_pick_chunked(s_ptr, base, m, eps, sc_ptr, rank_ptr, BLOCK: tl.constex
     eps)`` (``||s||^2 = sum of the row sums``) in a second pass over the scratch."""
     o = tl.arange(0, BLOCK)
     best_v = tl.full((), float("-inf"), tl.float32)
-    tot = tl.zeros((BLOCK,), dtype=tl.float32)
     for c0 in range(0, m, BLOCK):
         oc = c0 + o
         vc = oc < m
         tl.store(rank_ptr + oc, tl.full((BLOCK,), -1, dtype=tl.int64), mask=vc)
         rs = _block_row_sums(s_ptr, base, m, c0, BLOCK, BJ)
         tl.store(sc_ptr + oc, rs, mask=vc)
-        tot += tl.where(vc, rs, 0.0)
         best_v = tl.maximum(best_v, tl.max(rs, axis=0))
-    ns = tl.maximum(tl.sqrt_rn(tl.maximum(tl.sum(tot, axis=0), 0.0)), eps)
     tl.debug_barrier()
+    tot = tl.zeros((BLOCK,), dtype=tl.float32)  # ||s||^2: a pass of its own (registers)
+    for c0 in range(0, m, BLOCK):
+        oc = c0 + o
+        tot += tl.load(sc_ptr + oc, mask=oc < m, other=0.0)
+    ns = tl.maximum(tl.sqrt_rn(tl.maximum(tl.sum(tot, axis=0), 0.0)), eps)
     # max(rs / ns) = max(rs) / ns (rounding is monotone); rs >= ns * thr is not: divide again
     thr = tl.div_rn(best_v, ns) - PICK_TIE
-    o_best = tl.full((BLOCK,), 2**62, tl.int64)
+    o_best = tl.full((), 2**62, tl.int64)
     for c0 in range(0, m, BLOCK):
         oc = c0 + o
         vc = oc < m
         rs = tl.load(sc_ptr + oc, mask=vc, other=float("-inf"))
         hit = vc & (tl.div_rn(rs, ns) >= thr)
-        o_best = tl.minimum(o_best, tl.where(hit, oc.to(tl.int64), 2**62))
+        o_best = tl.minimum(o_best, tl.min(tl.where(hit, oc.to(tl.int64), 2**62), axis=0))
     tl.debug_barrier()
-    return tl.min(o_best, axis=0)
+    return o_best
 
 
 @triton.jit

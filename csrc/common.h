@@ -53,6 +53,33 @@ namespace adaptive_prune_cpu {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int kLanes = 32;
 
+// The greedy's pick tie band on the cosine scale (docs/METHOD.md, "Ties"; the same constant as
+// ops/_common.py PICK_TIE and kernels/_common.py PICK_TIE, exposed as _core.PICK_TIE): every
+// greedy step takes M = the largest score among the candidates and picks the LOWEST index
+// among the candidates with score >= M - band (band = kPickTie; max-sum: kPickTie * t after t
+// picks), so scores that only rounding orders pick the same candidate on every backend.
+constexpr float kPickTie = 1e-5f;
+
+// The band rule over s[0:m), skipping the rows with skip[i] != 0 (nullptr: none): the lowest
+// index with s[i] >= max - band, or -1 when every row is skipped. M = +inf keeps exactly the
+// +inf rows.
+inline int64_t band_argmax(const float* s, int64_t m, const char* skip, float band) {
+  float top = -kInf;
+  bool any = false;
+  for (int64_t i = 0; i < m; ++i)
+    if (!skip || !skip[i]) {
+      if (!any || s[i] > top) top = s[i];
+      any = true;
+    }
+  if (!any) return -1;
+  const float thr = top - band;
+  for (int64_t i = 0; i < m; ++i)
+    if ((!skip || !skip[i]) && s[i] >= thr) return i;
+  for (int64_t i = 0; i < m; ++i)  // NaN scores: no band, the first candidate
+    if (!skip || !skip[i]) return i;
+  return -1;
+}
+
 // --------------------------------------------------------------------------------------------
 // 64-byte aligned buffers: row loops over unaligned buffers split a vector load across two
 // cache lines at every step (AVX-512), which slows the greedy loops measurably (docs/cpp.md)

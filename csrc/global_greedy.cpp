@@ -5,9 +5,10 @@
 // group g owns group_offsets[g]:group_offsets[g+1] (every request offset is a group offset;
 // None: one group per request). Tokens of different groups never cover each other (distance
 // +inf), so the chain of a request is the merge by gain of one max-min chain per group (one
-// MaxMin per group; at every step the group whose next pick has the largest running minimum,
-// ties to the lower group, i.e. the lower pool position): the work per pick is one group's
-// rows.
+// MaxMin per group): the work per pick is one group's rows. The pick is the band rule of
+// common.h over the whole pool: M = the largest running minimum over the groups, then the
+// lowest pool position with acc >= M - kPickTie, which lies in the first group (pool order)
+// whose max reaches that threshold.
 // Its output starts with its reserved positions in pool order (gain +inf), followed by greedy
 // picks (argmax over unpicked of the min cosine distance to the picked set, ties to the lower
 // pool position) until num_picks[r] entries; each pick's gain is that distance when picked.
@@ -126,7 +127,6 @@ py::tuple global_greedy_py(const F32& vision, const I64& pool, const I64& pool_o
         if (v >= a && v <= a + m && (gs.empty() || v != gs.back())) gs.push_back(v - a);
       const int64_t G = static_cast<int64_t>(gs.size()) - 1;
       std::vector<std::unique_ptr<MaxMin>> mm(static_cast<size_t>(G));
-      std::vector<int64_t> head(static_cast<size_t>(G), -1);
       for (int64_t u = 0; u < G; ++u) {
         const int64_t b0 = gs[u], size = gs[u + 1] - gs[u];
         std::vector<int64_t> mine;
@@ -134,19 +134,23 @@ py::tuple global_greedy_py(const F32& vision, const I64& pool, const I64& pool_o
           if (i >= b0 && i < b0 + size) mine.push_back(i - b0);
         mm[u] = std::make_unique<MaxMin>(xp + (a + b0) * D, size, D,
                                          choose_proj_dim(proj_dim, size, std::min(size, P), D));
-        head[u] = mine.empty() ? mm[u]->argmax() : mm[u]->pick_many(mine);
+        if (!mine.empty()) mm[u]->pick_many(mine);
       }
+      std::vector<float> top(static_cast<size_t>(G));
+      for (int64_t u = 0; u < G; ++u) top[u] = mm[u]->max_acc();
       for (; t < P; ++t) {
-        int64_t best = -1;
-        float bv = 0.f;
-        for (int64_t u = 0; u < G; ++u) {
-          if (head[u] < 0) continue;
-          const float v = mm[u]->acc(head[u]);
-          if (best < 0 || v > bv) best = u, bv = v;
+        const float M = *std::max_element(top.begin(), top.end());
+        const float thr = M - kPickTie;  // M = +inf: exactly the +inf rows
+        int64_t u = 0;
+        while (u + 1 < G && !(top[u] >= thr)) ++u;
+        int64_t j = mm[u]->first_at_least(thr);
+        if (j < 0) j = mm[u]->argmax();  // (NaN scores only)
+        out_o[t] = a + gs[u] + j;
+        out_g[t] = mm[u]->acc(j);
+        if (t + 1 < P) {
+          mm[u]->take(j);
+          top[u] = mm[u]->max_acc();
         }
-        out_o[t] = a + gs[best] + head[best];
-        out_g[t] = bv;
-        if (t + 1 < P) head[best] = mm[best]->pick(head[best]);
       }
     });
   }

@@ -4,7 +4,9 @@
 // rank[i] = step at which token i was picked inside its image, -1 if unpicked. Image k picks
 // min(budgets[k], m_k) tokens: first argmax_i x_i . mu_k (mu_k = normalised sum of the unit
 // rows), then "maxmin": argmax over unpicked rows of min over picked of (1 - x_i . x_j), or
-// "maxsum": argmax of the sum of those distances. Ties to the lower index. fp32 compute.
+// "maxsum": argmax of the sum of those distances. Every argmax is the band rule of common.h
+// (band_argmax: the lowest index within kPickTie of the largest score; max-sum: kPickTie * t
+// after t picks, one rounding per summed distance). fp32 compute.
 //
 // maxmin runs the exact projection-filtered greedy of maxmin.h: on real tokens it computes a
 // few distances per pick instead of the image's [m, m] similarity block.
@@ -24,14 +26,7 @@ void select_image(const float* X, int64_t m, int64_t D, int64_t b, bool maxmin, 
   for (int64_t k = 0; k < D; ++k) mu[k] /= ns;
   FloatBuf score(static_cast<size_t>(m));
   dot_rows(X, m, D, mu.data(), score.data());
-  int64_t j = 0;
-  float best = -kInf;
-  for (int64_t i = 0; i < m; ++i) {
-    if (score[i] > best) {
-      best = score[i];
-      j = i;
-    }
-  }
+  int64_t j = band_argmax(score.data(), m, nullptr, kPickTie);
   if (maxmin) {
     MaxMin mm(X, m, D, choose_proj_dim(proj_dim, m, b, D));
     for (int64_t step = 0; step < b; ++step) {
@@ -47,14 +42,8 @@ void select_image(const float* X, int64_t m, int64_t D, int64_t b, bool maxmin, 
   for (int64_t i = 0; i < m; ++i) acc[i] = 1.f - row[i];
   for (int64_t step = 0; step < b; ++step) {
     if (step > 0) {
-      float bv = -kInf;
-      int64_t bi = -1;
-      for (int64_t i = 0; i < m; ++i)
-        if (!picked[i] && (bi < 0 || acc[i] > bv)) {
-          bv = acc[i];
-          bi = i;
-        }
-      j = bi;
+      // acc sums `step` distances: the band scales with them
+      j = band_argmax(acc.data(), m, picked.data(), kPickTie * static_cast<float>(step));
       dot_rows(X, m, D, X + j * D, row.data());
       for (int64_t i = 0; i < m; ++i)
         if (!picked[i] && i != j) acc[i] = acc[i] + (1.f - row[i]);

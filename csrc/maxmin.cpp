@@ -222,12 +222,8 @@ void MaxMin::build_leaves() {
   centre_.assign(static_cast<size_t>(nb * dp_), 0.f);
   radius_.assign(static_cast<size_t>(nb), kInf);
   amax_.assign(static_cast<size_t>(nb), m_ > 0 ? kInf : -kInf);
-  aarg_.assign(static_cast<size_t>(nb), 0);
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t s = leaf_[b], e = leaf_[b + 1];
-    aarg_[b] = s;  // all +inf: the first position holds the lowest row index
-    for (int64_t l = s + 1; l < e; ++l)
-      if (perm_[l] < perm_[aarg_[b]]) aarg_[b] = l;
     if (dp_ == 0) continue;
     float* cb = centre_.data() + b * dp_;
     for (int64_t c = 0; c < dp_; ++c) {
@@ -249,32 +245,39 @@ void MaxMin::build_leaves() {
 }
 
 void MaxMin::leaf_max(int64_t b) {
-  const int64_t s = leaf_[b], n = leaf_[b + 1] - leaf_[b];
-  const float bm = block_max(acc_.data() + s, n);
-  amax_[b] = bm;
-  if (!(bm > -kInf)) return;
+  amax_[b] = block_max(acc_.data() + leaf_[b], leaf_[b + 1] - leaf_[b]);
+}
+
+float MaxMin::max_acc() const {
+  float best = -kInf;
+  for (const float v : amax_) best = v > best ? v : best;
+  return best;
+}
+
+int64_t MaxMin::first_at_least(float thr) const {
+  // only leaves whose max reaches thr hold candidates; picked rows are -inf (< any thr here)
+  const int64_t nb = static_cast<int64_t>(amax_.size());
   int64_t best = -1;
-  for (int64_t l = s; l < s + n; ++l)
-    if (acc_[l] == bm && (best < 0 || perm_[l] < perm_[best])) best = l;
-  aarg_[b] = best;
+  for (int64_t b = 0; b < nb; ++b) {
+    if (!(amax_[b] >= thr) || !(amax_[b] > -kInf)) continue;
+    for (int64_t l = leaf_[b]; l < leaf_[b + 1]; ++l)
+      if (acc_[l] >= thr && acc_[l] > -kInf && (best < 0 || perm_[l] < best)) best = perm_[l];
+  }
+  return best;
 }
 
 int64_t MaxMin::argmax() const {
-  const int64_t nb = static_cast<int64_t>(amax_.size());
-  float best = -kInf;
-  int64_t bl = -1;
-  for (int64_t b = 0; b < nb; ++b) {
-    const float v = amax_[b];
-    if (!(v > -kInf)) continue;
-    if (bl < 0 || v > best || (v == best && perm_[aarg_[b]] < perm_[bl])) {
-      best = v;
-      bl = aarg_[b];
-    }
-  }
-  return bl < 0 ? -1 : perm_[bl];
+  const float top = max_acc();
+  if (!(top > -kInf)) return -1;
+  return first_at_least(top - kPickTie);
 }
 
 int64_t MaxMin::pick(int64_t j) {
+  take(j);
+  return argmax();
+}
+
+void MaxMin::take(int64_t j) {
   const int64_t jl = inv_[j];
   acc_[jl] = -kInf;
   const float* xj = X_ + j * D_;
@@ -303,7 +306,6 @@ int64_t MaxMin::pick(int64_t j) {
     if (2 * window_refined_ > window_tested_) to_dense();
     window_picks_ = window_refined_ = window_tested_ = 0;
   }
-  return argmax();
 }
 
 void MaxMin::to_dense() {

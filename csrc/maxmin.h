@@ -5,6 +5,9 @@
 // Picking j needs d(i, j) only for the rows where d(i, j) < acc[i]; on real tokens that is a
 // few rows per pick (near neighbours of j), so computing the whole row of j is wasted work.
 // Two exact tests skip the rest; both only ever skip rows whose acc provably cannot change.
+// The pick is the band rule of common.h: M = max acc over the unpicked rows, then the lowest
+// row index with acc >= M - kPickTie (the leaves hold their max; only leaves whose max reaches
+// the band are scanned).
 //
 // Projection: Q [dp, D] has orthonormal rows (an orthonormalised random sketch of the rows,
 // a randomised range finder), p_i = Q x_i and e_i = x_i - Q^T p_i (|e_i| = sqrt(|x_i|^2 -
@@ -47,17 +50,25 @@ class MaxMin {
   // (every unpicked row is refined at every pick); dp > 0: projection tests with dp dims.
   MaxMin(const float* X, int64_t m, int64_t D, int64_t dp);
 
-  // Marks row j picked, lowers acc by its distances and returns the argmax of acc over the
-  // unpicked rows (lowest index on ties), or -1 when every row is picked. Indices are rows
-  // of X.
+  // Marks row j picked, lowers acc by its distances and returns the next pick (argmax()), or
+  // -1 when every row is picked. Indices are rows of X.
   int64_t pick(int64_t j);
 
+  // Marks row j picked and lowers acc by its distances (no argmax).
+  void take(int64_t j);
+
   // Marks all rows js picked at once (same acc as picking them one by one: min is exact) and
-  // returns the argmax like pick.
+  // returns the next pick like pick.
   int64_t pick_many(const std::vector<int64_t>& js);
 
-  // argmax of acc over the unpicked rows (lowest index on ties), -1 if none.
+  // The band rule: first_at_least(max_acc() - kPickTie), -1 if every row is picked.
   int64_t argmax() const;
+
+  // Largest acc over the unpicked rows (-inf if none).
+  float max_acc() const;
+
+  // Lowest row index among the unpicked rows with acc >= thr, -1 if none.
+  int64_t first_at_least(float thr) const;
 
   float acc(int64_t i) const { return acc_[inv_[i]]; }
   int64_t refined() const { return refined_; }
@@ -65,7 +76,7 @@ class MaxMin {
  private:
   void build_projection();
   void build_leaves();
-  void leaf_max(int64_t b);  // recomputes amax_[b], aarg_[b]
+  void leaf_max(int64_t b);  // recomputes amax_[b]
   void to_dense();           // drops the tests (and the leaf order) for the rest of the run
 
   const float* X_;
@@ -79,7 +90,6 @@ class MaxMin {
   FloatBuf centre_;   // [nb, dp]
   FloatBuf radius_;   // [nb] (+inf in dense mode: never skipped)
   FloatBuf amax_;     // [nb] largest acc of the leaf
-  std::vector<int64_t> aarg_;   // [nb] its position (lowest row index among equal values)
   int64_t refined_ = 0;
   int64_t window_picks_ = 0, window_refined_ = 0, window_tested_ = 0;
 };

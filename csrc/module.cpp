@@ -30,6 +30,7 @@ PYBIND11_MODULE(_core, m) {
   }
   m.attr("KNOBS") = knobs;  // op -> keyword-only knobs besides num_threads
   m.attr("ISA") = AP_ISA_CLONES;
+  m.attr("PICK_TIE") = apc::kPickTie;  // the greedy's pick tie band (common.h)
 #if defined(__clang__)
   m.attr("COMPILER") = "clang " __clang_version__;
 #elif defined(__GNUC__)

@@ -328,3 +328,32 @@ def _max_combine(a, b):
 def _inv_norm(ssq, eps):
     """``1 / max(sqrt(ssq), eps)`` in fp32 (the reference's ``x / x.norm().clamp_min(eps)``)."""
     return tl.div_rn(1.0, tl.maximum(tl.sqrt_rn(ssq), eps))
+
+
+# The greedy's pick tie band on the cosine scale (docs/METHOD.md, "Ties"; the same constant as
+# ops/_common.py PICK_TIE and csrc/common.h kPickTie): every greedy step takes M = the largest
+# score among the candidates and picks the LOWEST index among those with score >= M - band
+# (band = PICK_TIE; max-sum: PICK_TIE * t after t picks), computed in fp32 like the reference.
+PICK_TIE = tl.constexpr(1e-5)
+_NO_INDEX = tl.constexpr(2**62)
+
+
+@triton.jit
+def band_first(v, idx, band):
+    """The band rule over a block: the lowest ``idx`` among the entries with ``v >= max(v) -
+    band`` (``-inf`` entries are no candidates; ``max = +inf`` keeps the ``+inf`` ones)."""
+    top = tl.max(v, axis=0)
+    return tl.min(tl.where(v >= top - band, idx.to(tl.int64), _NO_INDEX), axis=0)
+
+
+@triton.jit
+def first_at_least(p_ptr, n, thr, BLOCK: tl.constexpr):
+    """The lowest ``i < n`` with ``p_ptr[i] >= thr`` (int64; ``2^62`` if none): the band rule's
+    second pass over a scratch too long for registers."""
+    o = tl.arange(0, BLOCK)
+    best = tl.full((BLOCK,), _NO_INDEX, tl.int64)
+    for c0 in range(0, n, BLOCK):
+        oc = c0 + o
+        v = tl.load(p_ptr + oc, mask=oc < n, other=float("-inf"))
+        best = tl.minimum(best, tl.where((oc < n) & (v >= thr), oc.to(tl.int64), _NO_INDEX))
+    return tl.min(best, axis=0)

@@ -148,7 +148,7 @@ def variants():
                 f"greedy_select[maxsum={maxsum},single={single},BLOCK={block}]",
                 greedy_select._greedy_select_kernel,
                 {"s_ptr": "*fp32", "base_ptr": "*i64", "cu_ptr": "*i64", "bud_ptr": "*i64",
-                 "rank_ptr": "*i64", "acc_ptr": "*fp32"},
+                 "rank_ptr": "*i64", "acc_ptr": "*fp32", "eps": "fp32"},
                 {"MAXSUM": maxsum, "SINGLE": single, "BLOCK": block,
                  "BJ": max(1, min(64, 8192 // block))},
                 {"num_warps": 8 if block <= 2048 else 16},
@@ -170,7 +170,7 @@ def variants():
             greedy_select._greedy_select_window_kernel,
             {"s_ptr": "*fp32", "base_ptr": "*i64", "cu_ptr": "*i64", "bud_ptr": "*i64",
              "rank_ptr": "*i64", "acc_ptr": "*fp32", "win_ptr": "*i64", "wv_ptr": "*fp32",
-             "stats_ptr": "*i64"},
+             "stats_ptr": "*i64", "eps": "fp32"},
             {"BLOCK": block, "BJ": max(1, min(64, 8192 // block)), "L": window, "STATS": False},
             {"num_warps": warps},
         ))  # fmt: skip
@@ -183,6 +183,15 @@ def variants():
             {"BLOCK": block, "L": window, "STATS": False},
             {"num_warps": warps},
         ))  # fmt: skip
+    out.append((
+        "greedy_select_first_pick[BR=32,BD=128]",
+        greedy_select._first_pick_kernel,
+        {"x_ptr": "*bf16", "inv_ptr": "*fp32", "cu_ptr": "*i64", "bud_ptr": "*i64",
+         "s_ptr": "*fp32", "rank_ptr": "*i64", "lst_ptr": "*i64", "lcnt_ptr": "*i64",
+         "steps_ptr": "*i64", "sc_ptr": "*fp32", "D": "i32", "stride_x": "i32", "eps": "fp32"},
+        {"BR": 32, "BD": 128},
+        {"num_warps": 4},
+    ))  # fmt: skip
     # the row engine: the persistent kernel (GPU path) and the per-phase kernels
     eng = {"x_ptr": "*bf16", "rows_ptr": "*i64", "gid_ptr": "*i64", "inv_ptr": "*fp32",
            "acc_ptr": "*fp32",

@@ -14,16 +14,19 @@ gains, bit for bit**, with far fewer dependent round trips, by taking many steps
    histograms one 8-bit digit of the entries that match the digits found so far (``tl.
    histogram`` without a mask, which Triton < 3.4 lacks; at most 4 passes, no dependent
    memory access inside a pass). One more pass
-   compacts ``W`` in pool order; the bound ``(v_b, i_b)`` is the largest entry outside ``W``
+   compacts ``W`` in pool order; the bound ``v_b`` is the largest value outside ``W``
    in that order.
 2. Load the ``|W| x |W|`` sub-block ``S[W, W]`` once (gathered, independent loads) and run the
-   greedy inside the window on chip: pick the window's largest ``loc`` (ties to the lower pool
-   index) and accept it while it beats the bound: ``loc > v_b`` or ``loc == v_b`` and its index
-   ``< i_b``. Every token outside ``W`` has ``acc <= v_b`` now and can only decrease, so an
-   accepted pick is exactly the sequential greedy's next pick, and ``loc`` (the window's running
-   distance, updated with the same fp32 ``min(loc, 1 - S[j, w])``) is exactly its gain.
-   The first window step always succeeds (the window holds the overall first maximum), so
-   each round makes progress.
+   greedy inside the window on chip with the pick band rule (``_common.band_first``): ``M`` =
+   the window's largest ``loc``, the pick = the lowest pool index in the window with ``loc >=
+   M - PICK_TIE``. It is accepted while the whole band lies inside the window: ``v_b < M -
+   PICK_TIE``. Every token outside ``W`` has ``acc <= v_b`` now and can only decrease, so then
+   ``M`` is the overall largest, no token outside is in the band, and an accepted pick is
+   exactly the sequential greedy's next pick; ``loc`` (the window's running distance, updated
+   with the same fp32 ``min(loc, 1 - S[j, w])``) is exactly its gain. When the first step of a
+   round is refused (the band reaches past the window edge: many near-ties), one more pass
+   over ``acc`` finds the lowest index with ``acc >= M - PICK_TIE`` (``M``, the window's first
+   maximum, is the overall one), so each round makes progress.
 3. Apply the accepted rows to ``acc`` (one pass over ``acc``, ``U = 4`` rows loaded together),
    mark the picks ``-inf``, and in the same pass gather the live count and key range for the
    next round's select. So a round costs at most 6 passes over ``acc`` (4 digits, compaction,
@@ -38,6 +41,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from ._common import PICK_TIE, band_first, first_at_least
 
 
 @triton.jit
@@ -177,13 +182,12 @@ def maxmin_rounds(
             c_hi = c_gt
         # now count(key > hi) = c_hi <= L and count(key >= hi) > L: the key-hi group straddles
         # the window edge; its first L - c_hi members (pool order) complete the window.
-        # Compact the window in pool order; the bound is the largest (key, -index) outside it.
+        # Compact the window in pool order; the bound is the largest key outside it.
         hi32 = hi.to(tl.int32)
         room = (L - c_hi).to(tl.int32)
         n_w = tl.zeros((), dtype=tl.int32)
         n_tie = tl.zeros((), dtype=tl.int32)
         b_k = tl.full((BLOCK,), -0x80000000, tl.int32)  # per lane: best key outside W so far
-        b_i = tl.zeros((BLOCK,), dtype=tl.int64)  # and its index (earlier chunks win ties)
         for c0 in range(0, K, BLOCK):
             oc = c0 + o
             valid = oc < K
@@ -199,12 +203,9 @@ def maxmin_rounds(
             tl.store(wv_ptr + pos, v, mask=inw)
             n_w += tl.sum(iw, axis=0)
             out_k = tl.where(inw | ~valid, -0x80000000, k)
-            upd = out_k > b_k
-            b_i = tl.where(upd, oc, b_i)
-            b_k = tl.where(upd, out_k, b_k)
-        # the bound: the largest key outside W, the lowest index among its holders
+            b_k = tl.maximum(b_k, out_k)
+        # the bound: the largest key outside W
         bk = tl.max(b_k, axis=0)
-        bi = tl.min(tl.where(b_k == bk, b_i, K), axis=0)
         tl.debug_barrier()
         wm = ow < n_w
         w_i = tl.load(win_ptr + ow, mask=wm, other=0)
@@ -216,11 +217,15 @@ def maxmin_rounds(
         )
         go = done < steps
         n_acc = tl.zeros((), dtype=tl.int64)
+        top0 = tl.max(loc, axis=0)  # the overall largest acc (the window holds it)
         for _ in range(L):
-            v, p = tl.max(loc, axis=0, return_indices=True)  # ties: lower window position
+            # the band rule in the window: W is in pool order, so the lowest window position
+            # within the band holds the lowest pool index
+            p = band_first(loc, ow, PICK_TIE)
+            top = tl.max(loc, axis=0)
+            v = tl.max(tl.where(ow == p, loc, float("-inf")), axis=0)
             j = tl.sum(tl.where(ow == p, w_i, 0), axis=0)
-            kv = _key(v)
-            ok = go & (v > float("-inf")) & ((kv > bk) | ((kv == bk) & (j < bi)))
+            ok = go & (top > float("-inf")) & (_key(top - PICK_TIE) > bk)
             ok = ok & (done + n_acc < steps)
             if RANK:
                 tl.store(out_ptr + j, first + done + n_acc, mask=ok)
@@ -233,6 +238,17 @@ def maxmin_rounds(
             loc = tl.where(ok & (ow == p), float("-inf"), loc)
             n_acc += ok.to(tl.int64)
             go = ok
+        if n_acc == 0:  # the band reaches outside the window: one pass over acc for the pick
+            j = first_at_least(acc_ptr, K, top0 - PICK_TIE, BLOCK)
+            v = tl.load(acc_ptr + j)
+            if RANK:
+                tl.store(out_ptr + j, first + done)
+            else:
+                tl.store(out_ptr + done, first + j)
+                tl.store(gain_ptr + done, v)
+            tl.store(win_ptr, j)
+            n_acc += 1
+            n_passes += 1
         tl.debug_barrier()
         # the accepted rows update the running distances; picks leave the race
         ou = tl.arange(0, U)

@@ -6,8 +6,9 @@ Request ``r`` owns pool positions ``off[r]:off[r+1]`` (``K_r`` rows ``pool[...]`
 - first its reserved positions in pool order, with gain ``+inf``;
 - then greedy picks: ``acc_i = min over picked j of (1 - x̂_i . x̂_j)`` (the picked set starts
   as the reserved tokens; without any, ``acc = +inf`` and the first pick is position 0), and
-  ``j = argmax over unpicked i of acc_i`` (ties to the lower pool position); the pick's gain is
-  ``acc_j`` at that moment.
+  ``j = argmax over unpicked i of acc_i`` by the band rule (``_common.band_first``: the lowest
+  pool position within ``PICK_TIE`` of the largest); the pick's gain is ``acc_j`` at that
+  moment.
 
 Shapes: ``vision [N, D]``, ``pool [K]`` int64, ``pool_offsets [R+1]``, ``reserved [K]`` bool;
 outputs ``order [sum P]`` int64 (global pool positions) and ``gains [sum P]`` fp32.
@@ -30,12 +31,15 @@ import triton.language as tl
 
 from ._common import (
     MAX_REG_BLOCK,
+    PICK_TIE,
+    band_first,
     block_groups,
     cfg,
     check_engine,
     check_window,
     empty,
     engine_tile,
+    first_at_least,
     greedy_warps,
     host_ints,
     kernel_input,
@@ -112,7 +116,8 @@ def _global_greedy_kernel(
         rv = tl.load(res_ptr + a + o, mask=valid, other=0)
         acc = tl.where(rv != 0, float("-inf"), acc)
         for step in range(0, steps):
-            v, j = tl.max(acc, axis=0, return_indices=True)
+            j = band_first(acc, o, PICK_TIE)
+            v = tl.max(tl.where(o == j, acc, float("-inf")), axis=0)
             tl.store(order_ptr + o0 + n_res + step, a + j)
             tl.store(gain_ptr + o0 + n_res + step, v)
             row = tl.load(s_ptr + base + j * K + o, mask=valid, other=0.0)
@@ -120,7 +125,6 @@ def _global_greedy_kernel(
             acc = tl.where(o == j, float("-inf"), acc)
     else:
         best_v = tl.full((), float("-inf"), tl.float32)
-        best_i = tl.zeros((), dtype=tl.int64)
         for c0 in range(0, K, BLOCK):
             oc = c0 + o
             vc = oc < K
@@ -133,18 +137,15 @@ def _global_greedy_kernel(
             rv = tl.load(res_ptr + a + oc, mask=vc, other=0)
             acc = tl.where(rv != 0, float("-inf"), acc)
             tl.store(acc_ptr + a + oc, acc, mask=vc)
-            v, i = tl.max(acc, axis=0, return_indices=True)
-            upd = v > best_v
-            best_i = tl.where(upd, c0 + i, best_i)
-            best_v = tl.where(upd, v, best_v)
-        j = best_i
-        g = best_v
+            best_v = tl.maximum(best_v, tl.max(acc, axis=0))
+        tl.debug_barrier()
+        j = first_at_least(acc_ptr + a, K, best_v - PICK_TIE, BLOCK)
         tl.debug_barrier()
         for step in range(0, steps):
+            g = tl.load(acc_ptr + a + j)
             tl.store(order_ptr + o0 + n_res + step, a + j)
             tl.store(gain_ptr + o0 + n_res + step, g)
             best_v = tl.full((), float("-inf"), tl.float32)
-            best_i = tl.zeros((), dtype=tl.int64)
             for c0 in range(0, K, BLOCK):
                 oc = c0 + o
                 vc = oc < K
@@ -153,12 +154,9 @@ def _global_greedy_kernel(
                 acc = tl.minimum(acc, 1.0 - row)
                 acc = tl.where((oc == j) | (~vc), float("-inf"), acc)
                 tl.store(acc_ptr + a + oc, acc, mask=vc)
-                v, i = tl.max(acc, axis=0, return_indices=True)
-                upd = v > best_v
-                best_i = tl.where(upd, c0 + i, best_i)
-                best_v = tl.where(upd, v, best_v)
-            j = best_i
-            g = best_v
+                best_v = tl.maximum(best_v, tl.max(acc, axis=0))
+            tl.debug_barrier()
+            j = first_at_least(acc_ptr + a, K, best_v - PICK_TIE, BLOCK)
             tl.debug_barrier()
 
 

@@ -6,7 +6,10 @@ For image ``k`` with rows ``cu[k]:cu[k+1]`` (``m`` tokens) and budget ``b = min(
   ``x̂_i . s_k = sum_j S[i, j]``, this is the argmax of the row sums of the image's similarity
   block ``S = x̂ x̂^T`` (no extra pass over ``vision``);
 - then ``acc_i = min over picked j of (1 - S[i, j])`` (``mode="maxmin"``) or the sum
-  (``"maxsum"``), and ``j_t = argmax over unpicked i of acc_i``; ties to the lower index.
+  (``"maxsum"``), and ``j_t = argmax over unpicked i of acc_i``. Every argmax is the band rule
+  (``_common.band_first``: the lowest index within ``PICK_TIE`` of the largest score; max-sum:
+  ``PICK_TIE * t`` after ``t`` picks; the first pick on ``row sum / max(||s_k||, eps)``, the
+  cosine scale, with ``||s_k||^2`` the sum of the row sums).
 
 Output ``rank [N]`` int64: the step at which each token was picked inside its image, -1 if not.
 Reference: :func:`adaptive_prune.reference.greedy_select`.
@@ -28,6 +31,8 @@ import triton.language as tl
 
 from ._common import (
     MAX_REG_BLOCK,
+    PICK_TIE,
+    band_first,
     block_groups,
     cdiv,
     cfg,
@@ -35,6 +40,7 @@ from ._common import (
     check_window,
     empty,
     engine_tile,
+    first_at_least,
     greedy_warps,
     host_ints,
     kernel_input,
@@ -64,6 +70,40 @@ def _block_row_sums(s_ptr, base, m, c0, BLOCK: tl.constexpr, BJ: tl.constexpr):
 
 
 @triton.jit
+def _first_pick_chunked(s_ptr, base, m, eps, sc_ptr, rank_ptr, BLOCK: tl.constexpr,
+                        BJ: tl.constexpr):  # fmt: skip
+    """The first pick of an image too long for registers: the row sums go to the scratch
+    ``sc_ptr [m]`` (and ``rank`` is set to -1), then the band rule on ``row sum / max(||s||,
+    eps)`` (``||s||^2 = sum of the row sums``) in a second pass over the scratch."""
+    o = tl.arange(0, BLOCK)
+    best_v = tl.full((), float("-inf"), tl.float32)
+    for c0 in range(0, m, BLOCK):
+        oc = c0 + o
+        vc = oc < m
+        tl.store(rank_ptr + oc, tl.full((BLOCK,), -1, dtype=tl.int64), mask=vc)
+        rs = _block_row_sums(s_ptr, base, m, c0, BLOCK, BJ)
+        tl.store(sc_ptr + oc, rs, mask=vc)
+        best_v = tl.maximum(best_v, tl.max(rs, axis=0))
+    tl.debug_barrier()
+    tot = tl.zeros((BLOCK,), dtype=tl.float32)  # ||s||^2: a pass of its own (registers)
+    for c0 in range(0, m, BLOCK):
+        oc = c0 + o
+        tot += tl.load(sc_ptr + oc, mask=oc < m, other=0.0)
+    ns = tl.maximum(tl.sqrt_rn(tl.maximum(tl.sum(tot, axis=0), 0.0)), eps)
+    # max(rs / ns) = max(rs) / ns (rounding is monotone); rs >= ns * thr is not: divide again
+    thr = tl.div_rn(best_v, ns) - PICK_TIE
+    o_best = tl.full((), 2**62, tl.int64)
+    for c0 in range(0, m, BLOCK):
+        oc = c0 + o
+        vc = oc < m
+        rs = tl.load(sc_ptr + oc, mask=vc, other=float("-inf"))
+        hit = vc & (tl.div_rn(rs, ns) >= thr)
+        o_best = tl.minimum(o_best, tl.min(tl.where(hit, oc.to(tl.int64), 2**62), axis=0))
+    tl.debug_barrier()
+    return o_best
+
+
+@triton.jit
 def _image(cu_ptr, bud_ptr, base_ptr, i_g):
     """Image ``i_g``'s first row, size, budget (at most its size) and block start."""
     a = tl.load(cu_ptr + i_g)
@@ -79,6 +119,7 @@ def _greedy_select_kernel(
     bud_ptr,  # [n] int64 budgets
     rank_ptr,  # [N] int64 out
     acc_ptr,  # [N] fp32 scratch (chunked path only)
+    eps,
     MAXSUM: tl.constexpr,
     SINGLE: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -89,7 +130,9 @@ def _greedy_select_kernel(
     o = tl.arange(0, BLOCK)
     if SINGLE:
         valid = o < m
-        _, j = tl.max(_block_row_sums(s_ptr, base, m, 0, BLOCK, BJ), axis=0, return_indices=True)
+        rs = _block_row_sums(s_ptr, base, m, 0, BLOCK, BJ)
+        ns = tl.maximum(tl.sqrt_rn(tl.maximum(tl.sum(tl.where(valid, rs, 0.0), axis=0), 0.0)), eps)
+        j = band_first(tl.div_rn(rs, ns), o, PICK_TIE)
         if MAXSUM:
             acc = tl.where(valid, 0.0, float("-inf"))
         else:
@@ -104,32 +147,25 @@ def _greedy_select_kernel(
             hit = o == j
             acc = tl.where(hit, float("-inf"), acc)
             b_rank = tl.where(hit, step, b_rank)
-            _, j = tl.max(acc, axis=0, return_indices=True)
+            if MAXSUM:  # acc sums step + 1 distances
+                j = band_first(acc, o, (tl.zeros((), tl.float32) + (step + 1)) * PICK_TIE)
+            else:
+                j = band_first(acc, o, PICK_TIE)
         tl.store(rank_ptr + a + o, b_rank, mask=valid)
     else:
-        best_v = tl.full((), float("-inf"), tl.float32)
-        best_i = tl.zeros((), dtype=tl.int64)
+        j = _first_pick_chunked(s_ptr, base, m, eps, acc_ptr + a, rank_ptr + a, BLOCK, BJ)
         for c0 in range(0, m, BLOCK):
             oc = c0 + o
             vc = oc < m
-            tl.store(rank_ptr + a + oc, tl.full((BLOCK,), -1, dtype=tl.int64), mask=vc)
             if MAXSUM:
                 init = tl.zeros((BLOCK,), dtype=tl.float32)
             else:
                 init = tl.full((BLOCK,), float("inf"), dtype=tl.float32)
             tl.store(acc_ptr + a + oc, init, mask=vc)
-            v, i = tl.max(
-                _block_row_sums(s_ptr, base, m, c0, BLOCK, BJ), axis=0, return_indices=True
-            )
-            upd = v > best_v
-            best_i = tl.where(upd, c0 + i, best_i)
-            best_v = tl.where(upd, v, best_v)
-        j = best_i
         tl.debug_barrier()
         for step in range(0, b):
             tl.store(rank_ptr + a + j, tl.zeros((), dtype=tl.int64) + step)
             best_v = tl.full((), float("-inf"), tl.float32)
-            best_i = tl.zeros((), dtype=tl.int64)
             for c0 in range(0, m, BLOCK):
                 oc = c0 + o
                 vc = oc < m
@@ -141,11 +177,13 @@ def _greedy_select_kernel(
                     acc = tl.minimum(acc, 1.0 - row)
                 acc = tl.where((oc == j) | (~vc), float("-inf"), acc)
                 tl.store(acc_ptr + a + oc, acc, mask=vc)
-                v, i = tl.max(acc, axis=0, return_indices=True)
-                upd = v > best_v
-                best_i = tl.where(upd, c0 + i, best_i)
-                best_v = tl.where(upd, v, best_v)
-            j = best_i
+                best_v = tl.maximum(best_v, tl.max(acc, axis=0))
+            tl.debug_barrier()
+            if MAXSUM:  # acc sums step + 1 distances
+                thr = best_v - (tl.zeros((), tl.float32) + (step + 1)) * PICK_TIE
+            else:
+                thr = best_v - PICK_TIE
+            j = first_at_least(acc_ptr + a, m, thr, BLOCK)
             tl.debug_barrier()
 
 
@@ -160,6 +198,7 @@ def _greedy_select_window_kernel(
     win_ptr,  # [n * L] int64 scratch
     wv_ptr,  # [n * L] fp32 scratch
     stats_ptr,  # [n, 2] int64 rounds and passes (STATS only)
+    eps,
     BLOCK: tl.constexpr,
     BJ: tl.constexpr,
     L: tl.constexpr,
@@ -169,16 +208,7 @@ def _greedy_select_window_kernel(
     i_g = tl.program_id(0).to(tl.int64)
     a, m, b, base = _image(cu_ptr, bud_ptr, base_ptr, i_g)
     o = tl.arange(0, BLOCK)
-    best_v = tl.full((), float("-inf"), tl.float32)
-    best_i = tl.zeros((), dtype=tl.int64)
-    for c0 in range(0, m, BLOCK):
-        oc = c0 + o
-        tl.store(rank_ptr + a + oc, tl.full((BLOCK,), -1, dtype=tl.int64), mask=oc < m)
-        v, i = tl.max(_block_row_sums(s_ptr, base, m, c0, BLOCK, BJ), axis=0, return_indices=True)
-        upd = v > best_v
-        best_i = tl.where(upd, c0 + i, best_i)
-        best_v = tl.where(upd, v, best_v)
-    j = best_i
+    j = _first_pick_chunked(s_ptr, base, m, eps, acc_ptr + a, rank_ptr + a, BLOCK, BJ)
     if b > 0:
         tl.debug_barrier()
         tl.store(rank_ptr + a + j, tl.zeros((), dtype=tl.int64))
@@ -219,13 +249,16 @@ def _first_pick_kernel(
     lst_ptr,  # [n] int64 out: the first pick (local), the row engine's initial list
     lcnt_ptr,  # [n] int64 out: 1, or 0 without a pick
     steps_ptr,  # [n] int64 out: the picks after the first
+    sc_ptr,  # [N] fp32 scratch: the first-pick scores
     D,
     stride_x,
+    eps,
     BR: tl.constexpr,
     BD: tl.constexpr,
 ):
-    """Row engine prologue, one program per image: ``j_0 = argmax_i x̂_i . s_k`` (the direction
-    of ``mu_k``; ties to the lower index) from two passes over the image's rows, no block."""
+    """Row engine prologue, one program per image: ``j_0 = argmax_i x̂_i . mu_k`` (the band
+    rule: the lowest index within ``PICK_TIE``) from two passes over the image's rows and one
+    over the scores, no block."""
     i_g = tl.program_id(0).to(tl.int64)
     a = tl.load(cu_ptr + i_g)
     m = tl.load(cu_ptr + i_g + 1) - a
@@ -245,8 +278,13 @@ def _first_pick_kernel(
             col += tl.sum(xb * inv[:, None], axis=0)
         tl.store(s_ptr + i_g * D + o_d, col, mask=o_d < D)
     tl.debug_barrier()
+    ssq = tl.zeros((BD,), dtype=tl.float32)
+    for d0 in range(0, D, BD):
+        o_d = d0 + tl.arange(0, BD)
+        sv = tl.load(s_ptr + i_g * D + o_d, mask=o_d < D, other=0.0)
+        ssq += sv * sv
+    ns = tl.maximum(tl.sqrt_rn(tl.sum(ssq, axis=0)), eps)
     best_v = tl.full((), float("-inf"), tl.float32)
-    best_i = tl.zeros((), dtype=tl.int64)
     for r0 in range(0, m, BR):
         m_r = r0 + o_r < m
         sc = tl.zeros((BR,), dtype=tl.float32)
@@ -260,13 +298,13 @@ def _first_pick_kernel(
             sv = tl.load(s_ptr + i_g * D + o_d, mask=o_d < D, other=0.0)
             sc += tl.sum(xb * sv[None, :], axis=1)
         inv = tl.load(inv_ptr + a + r0 + o_r, mask=m_r, other=0.0)
-        sc = tl.where(m_r, sc * inv, float("-inf"))
+        sc = tl.where(m_r, tl.div_rn(sc * inv, ns), float("-inf"))  # x̂_i . mu_k
+        tl.store(sc_ptr + a + r0 + o_r, sc, mask=m_r)
         tl.store(rank_ptr + a + r0 + o_r, tl.full((BR,), -1, tl.int64), mask=m_r)
-        v, i = tl.max(sc, axis=0, return_indices=True)
-        upd = v > best_v
-        best_i = tl.where(upd, r0 + i, best_i)
-        best_v = tl.where(upd, v, best_v)
+        best_v = tl.maximum(best_v, tl.max(sc, axis=0))
     tl.debug_barrier()
+    best_i = first_at_least(sc_ptr + a, m, best_v - PICK_TIE, BR)  # the band rule
+    best_i = tl.where(m > 0, best_i, 0)
     tl.store(rank_ptr + a + best_i, tl.zeros((), dtype=tl.int64), mask=b > 0)
     tl.store(lst_ptr + i_g, best_i)
     tl.store(lcnt_ptr + i_g, (b > 0).to(tl.int64))
@@ -290,7 +328,8 @@ def _rows_engine(vision, cu, budgets, eps, window, block, stats, dist, persisten
     s_scr = empty((n, D), torch.float32, dev)
     with set_device(dev):
         _first_pick_kernel[(n,)](
-            x, inv, cu_d, bud, s_scr, rank, lst, lcnt, steps, D, x.stride(0),
+            x, inv, cu_d, bud, s_scr, rank, lst, lcnt, steps, empty(N, torch.float32, dev), D,
+            x.stride(0), float(eps),
             BR=32, BD=min(128, max(16, next_pow2(D))), num_warps=4,
         )  # fmt: skip
     state = dict(lst=lst, loff=loff, lcnt=lcnt, shift=shift, steps=steps, done=done,
@@ -414,6 +453,7 @@ def greedy_select_fwd(
                 win,
                 wv,
                 stats if stats is not None else win,
+                float(eps),
                 BLOCK=block,
                 BJ=max(1, min(64, 8192 // block)),
                 L=window,
@@ -430,6 +470,7 @@ def greedy_select_fwd(
             bud,
             rank,
             acc,
+            float(eps),
             MAXSUM=mode == "maxsum",
             SINGLE=single,
             BLOCK=block,

@@ -32,7 +32,7 @@ import torch
 
 from .. import _checks as C
 from .._tensors import segment_ids, starts, to_device, true_positions
-from ..ops._common import normalize
+from ..ops._common import band_snap, normalize
 from . import Method, register_method
 
 _op = torch.ops.adaptive_prune
@@ -474,7 +474,10 @@ def _final_selection(
     cand_pos, cand_g, cand_a, ks, sizes = [], [], [], [], []
     for r, slots, f_end in parts:
         a0 = p_off[r]
-        ar = a_pool[a0 : p_off[r + 1]]
+        # alignments and gains within the tie band of a larger one count as equal (band_snap):
+        # the ranking, the candidate order and the fronts below then do not depend on how a
+        # backend rounded them (docs/METHOD.md, "Ties")
+        ar = band_snap(a_pool[a0 : p_off[r + 1]])
         seg = order[ch_off[r] : ch_off[r + 1]]
         on_chain = torch.zeros(ar.numel(), dtype=torch.bool, device=dev)
         on_chain[seg - a0] = True
@@ -485,7 +488,7 @@ def _final_selection(
         gi = [i for i, x in enumerate(lay.group_request) if x == r]
         al_gain = _gain_to_chain(vision, pool, al_pos, seg, g_off, gi, eps)
         c_pos = torch.cat([seg[f_end:], al_pos])
-        c_gain = torch.cat([gains[ch_off[r] + f_end : ch_off[r + 1]].float(), al_gain])
+        c_gain = band_snap(torch.cat([gains[ch_off[r] + f_end : ch_off[r + 1]].float(), al_gain]))
         # candidates by gain, largest first (ties: chain before aligned, then list order)
         srt = torch.argsort(-c_gain.double(), stable=True)
         c_pos, c_gain = c_pos[srt], c_gain[srt]

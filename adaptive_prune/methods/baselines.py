@@ -449,7 +449,9 @@ def maxsum_rows(xh: torch.Tensor, b: int) -> list[int]:
     j = int(torch.argmin(colsum))
     picked = torch.zeros(N, dtype=torch.bool, device=xh.device)
     picked[j] = True
-    rest = greedy_order(1.0 - sim.row(j), picked, b - 1, lambda i: 1.0 - sim.row(i), torch.add)
+    rest = greedy_order(
+        1.0 - sim.row(j), picked, b - 1, lambda i: 1.0 - sim.row(i), torch.add, summed=True
+    )
     return [j] + rest
 
 

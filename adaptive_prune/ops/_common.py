@@ -9,7 +9,10 @@ Packing conventions shared by all ops (FlashAttention ``cu_seqlens`` style, two 
 - ``text [M, D]`` with ``text_offsets [R+1]``: request ``r`` owns text rows
   ``text_offsets[r]:text_offsets[r+1]`` (an empty range means "no text" for that request).
 
-Ties are always broken towards the lower index (token, image or pool position).
+Ties are always broken towards the lower index (token, image or pool position). Every greedy
+pick goes through :func:`band_argmax`: the lowest index among the candidates whose score lies
+within a tie band ``PICK_TIE`` of the largest, so that scores rounding alone would order (fp32
+dots of different backends differ by ~1e-6) pick the same candidate everywhere.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from typing import Callable, Optional, Sequence
 import torch
 
 __all__ = [
+    "PICK_TIE",
+    "band_argmax",
+    "band_snap",
     "define",
     "compute_dtype",
     "normalize",
@@ -59,6 +65,45 @@ def bounds(offsets: torch.Tensor) -> list[int]:
     return [int(v) for v in offsets.tolist()]
 
 
+# The pick tie band on the cosine scale (docs/METHOD.md, "Ties"). The same constant is
+# csrc/common.h kPickTie and kernels/_common.py PICK_TIE (tests/test_ties.py checks they agree).
+PICK_TIE = 1e-5
+
+
+def band_argmax(scores: torch.Tensor, picked: Optional[torch.Tensor] = None, terms: int = 1) -> int:
+    """The greedy's pick: ``M = max`` of ``scores [m]`` over the candidates (rows not marked in
+    ``picked [m]``), then the LOWEST index among the candidates with score ``>= M - band``,
+    ``band = PICK_TIE * terms`` (``terms``: how many distances each score sums, 1 for max-min
+    and first picks). Computed in the scores' dtype (fp32: ``fl(fl(1e-5) * terms)``, then
+    ``fl(M - band)``, the same operations as the C++ and Triton kernels). ``M = +inf`` keeps
+    exactly the ``+inf`` candidates in the band."""
+    s = scores if picked is None else scores.masked_fill(picked, -math.inf)
+    top = s.max()
+    band = torch.tensor(PICK_TIE, dtype=s.dtype, device=s.device) * terms
+    hit = torch.nonzero(s >= top - band)
+    return int(hit[0]) if hit.numel() else int(torch.argmax(s))  # (NaN scores: no band)
+
+
+def band_snap(values: torch.Tensor, band: float = PICK_TIE) -> torch.Tensor:
+    """``values [n]`` with every value within the tie band of a larger one made equal to it, so
+    that sorts and comparisons of fp32 results that only rounding tells apart (the same
+    quantity computed by two backends) come out the same: in decreasing order, the largest
+    value not yet grouped is an anchor, every value ``>= anchor - band`` joins its group and
+    takes its value. Same dtype and device; ``+-inf`` only group with themselves."""
+    v = values.double().tolist()
+    out = list(v)
+    order = sorted(range(len(v)), key=lambda i: -v[i])
+    i = 0
+    while i < len(order):
+        anchor = v[order[i]]
+        j = i + 1
+        while j < len(order) and v[order[j]] >= anchor - band:
+            out[order[j]] = anchor
+            j += 1
+        i = j
+    return torch.tensor(out, dtype=torch.float64).to(values.dtype).to(values.device)
+
+
 def greedy_order(
     acc: torch.Tensor,
     picked: torch.Tensor,
@@ -66,23 +111,29 @@ def greedy_order(
     row: Callable[[int], torch.Tensor],
     combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.minimum,
     gains: Optional[list[float]] = None,
+    summed: bool = False,
 ) -> list[int]:
     """The greedy loop of every max-min (farthest-point) and max-sum selection here.
 
     ``acc [m]`` holds each row's score against the rows picked so far (max-min: the smallest
     distance to them; max-sum: the summed distance), ``picked [m]`` marks the rows already
-    taken (updated in place). Each of ``steps`` steps picks ``j = argmax over unpicked rows of
-    acc`` (ties to the lower index), appends ``acc[j]`` to ``gains`` when a list is given, and
-    folds the picked row's distances ``row(j) [m]`` into ``acc`` with ``combine``
-    (``torch.minimum`` for max-min, ``torch.add`` for max-sum). Returns the picks in order.
+    taken (updated in place). Each of ``steps`` steps picks ``j = band_argmax(acc, picked)``
+    (the lowest unpicked index within the tie band of the largest score), appends ``acc[j]``
+    (its own score) to ``gains`` when a list is given, and folds the picked row's distances
+    ``row(j) [m]`` into ``acc`` with ``combine`` (``torch.minimum`` for max-min, ``torch.add``
+    for max-sum). ``summed``: ``acc`` is a sum of one distance per picked row (max-sum), so the
+    band scales with the picked count (``PICK_TIE * t``: each distance carries its own rounding).
+    Returns the picks in order.
     """
     order: list[int] = []
+    terms = int(picked.sum()) if summed else 1
     for step in range(steps):
-        j = int(torch.argmax(acc.masked_fill(picked, -math.inf)))
+        j = band_argmax(acc, picked, max(terms, 1))
         order.append(j)
         if gains is not None:
             gains.append(float(acc[j]))
         picked[j] = True
+        terms += int(summed)
         if step + 1 < steps:
             acc = combine(acc, row(j))
     return order

@@ -7,7 +7,7 @@ import torch
 
 from .. import _checks as C
 from . import _contract as X
-from ._common import bounds, define, greedy_order, normalize
+from ._common import band_argmax, bounds, define, greedy_order, normalize
 
 _OP = "greedy_select"
 
@@ -42,7 +42,9 @@ def reference(
     ``rank[i]`` is the step at which token ``i`` was picked inside its image, or -1. Image ``k``
     picks ``budgets[k]`` tokens. First pick: ``argmax_i x̂_i . mu_k``. Then ``mode="maxmin"``
     picks ``argmax over unpicked i of min over picked j of (1 - x̂_i.x̂_j)``; ``mode="maxsum"``
-    picks ``argmax of the sum`` of those distances. Ties to the lower index.
+    picks ``argmax of the sum`` of those distances. Every argmax is ``band_argmax``: the lowest
+    index within ``PICK_TIE`` of the largest score (max-sum: ``PICK_TIE * t`` after ``t``
+    picks), so near-ties go to the lower index on every backend.
     """
     cu = bounds(cu_seqlens)
     bud = [int(v) for v in budgets.tolist()]
@@ -58,10 +60,10 @@ def reference(
         mu = s / s.norm().clamp_min(eps)
         dist = 1.0 - xh @ xh.T  # [m, m]
         picked = torch.zeros(m, dtype=torch.bool, device=vision.device)
-        first = int(torch.argmax(xh @ mu))
+        first = band_argmax(xh @ mu)
         picked[first] = True
         order = [first] + greedy_order(
-            dist[first].clone(), picked, b - 1, dist.__getitem__, combine
+            dist[first].clone(), picked, b - 1, dist.__getitem__, combine, summed=mode == "maxsum"
         )
         rank[a + torch.tensor(order, device=vision.device)] = torch.arange(b, device=vision.device)
     return rank

@@ -48,15 +48,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _locate, cdiv, empty, set_device
+from ._common import PICK_TIE, _locate, cdiv, empty, set_device
 from ._maxmin import _key
 
 NEG = tl.constexpr(-9223372036854775808)  # int64 min: "no candidate"
-# The pick band (cosine scale) of every greedy step: the pick is the lowest index among the
+# PICK_TIE (kernels/_common.py): the pick band of every greedy step, the lowest index among the
 # unpicked entries whose value is >= M - PICK_TIE (fp32), M the largest unpicked value; with
-# M = +inf the band is the +inf entries. Local to the engine until it is unified at the merge
-# with the reference's, the C++ core's and the other kernels' constant of the same name.
-PICK_TIE = tl.constexpr(1e-5)
+# M = +inf the band is the +inf entries.
 SCAN = tl.constexpr(256)  # lanes of the fallback scan of a segment's acc (phase W)
 
 

@@ -170,21 +170,21 @@ def test_stage2_rows_engine_matches_band_oracle(device, reserve):
     if reserve:
         reserved[[0, 5, 17, 60, 100]] = True
     picks = [20, 0, 1, 69]  # the last request picks its whole pool
-    dist = torch.full((120,), math.nan, device=device)
-    o, gains, _ = global_greedy_fwd(
-        x, pool, po, reserved.to(device), picks, EPS, window=16, block=16, engine="rows",
-        dist=dist,
-    )  # fmt: skip
+    o, gains, dist = global_greedy_fwd(
+        x, pool, po, reserved.to(device), picks, EPS, window=16, block=16, engine="rows"
+    )
     # the band oracle (this input has decisions within PICK_TIE, where the band's lower
     # index and the reference's argmax part)
     wo, wg, _ = band_pool(x, pool, po, reserved, picks)
     assert torch.equal(o.cpu(), wo)
     torch.testing.assert_close(gains.cpu(), wg, atol=2e-6, rtol=0)
-    # request 0: the final running distances to its reserved and picked rows
+    # request 0: the distances to its reserved and picked rows (the last pick included), 0 at
+    # those; request 3 (its whole pool picked): 0 everywhere
     sel = (wo[:20]).tolist()
-    torch.testing.assert_close(
-        dist[:50].cpu().double(), brute_dist(x[pool[:50]].cpu(), sel), atol=1e-5, rtol=0
-    )
+    want = brute_dist(x[pool[:50]].cpu(), sel)
+    want[sel] = 0.0
+    torch.testing.assert_close(dist[:50].cpu().double(), want, atol=1e-5, rtol=0)
+    assert bool((dist[51:] == 0).all()) and dist.shape == (120,)
 
 
 def tie_tokens(seed, n=150, dim=16):

@@ -293,7 +293,7 @@ def stage_counters(calls, L: int) -> dict:
     out["stage 1"] = dict(rounds=max(rounds), work=work, chain=chain, same=same,
                           picks=int((want >= 1).sum()), skipped=skipped, scans=scans,
                           segments=len(rounds), sizes=(cu_s[1:] - cu_s[:-1]).tolist())  # fmt: skip
-    wo, wg = ref.global_greedy(x, pool.cpu(), po.cpu(), reserved.cpu(), picks, eps, go)
+    wo, wg, _ = ref.global_greedy(x, pool.cpu(), po.cpu(), reserved.cpu(), picks, eps, go)
     rounds, work, same, chain, o0, skipped, scans = 0, 0, True, 0, 0, 0, 0
     for r_i in range(po.numel() - 1):
         a, e = int(po[r_i]), int(po[r_i + 1])

@@ -12,6 +12,9 @@
 // Its output starts with its reserved positions in pool order (gain +inf), followed by greedy
 // picks (argmax over unpicked of the min cosine distance to the picked set, ties to the lower
 // pool position) until num_picks[r] entries; each pick's gain is that distance when picked.
+// dist [K]: every pool position's distance to the nearest chain entry of its request in its own
+// group (the MaxMin running minimum once the last pick is applied too), 0 on the chain, +inf
+// where the group has no chain entry (all of a request with num_picks = 0).
 //
 // The reference computes the row of every pick against the whole pool (P x B1 x D, or a full
 // B1 x B1 similarity); this kernel runs the exact projection-filtered greedy of maxmin.h,
@@ -81,17 +84,17 @@ py::tuple global_greedy_py(const F32& vision, const I64& pool, const I64& pool_o
 
   py::array_t<int64_t> order_a(out_off[R]);
   py::array_t<float> gains_a(out_off[R]);
+  py::array_t<float> dist_a(K);
   int64_t* o = order_a.mutable_data();
   float* g = gains_a.mutable_data();
+  float* dist = dist_a.mutable_data();
   {
     py::gil_scoped_release release;
-    // unit fp32 rows of the pool (parallel over rows), only for requests that run the greedy
+    std::fill(dist, dist + K, kInf);
+    // unit fp32 rows of the pool (parallel over rows), for every request with a chain: dist
+    // needs the distances to the reserved entries even where no greedy pick follows
     std::vector<char> runs(static_cast<size_t>(R), 0);
-    for (int64_t r = 0; r < R; ++r) {
-      int64_t nres = 0;
-      for (int64_t i = po[r]; i < po[r + 1]; ++i) nres += rsv[i];
-      runs[r] = num_picks[r] > nres;
-    }
+    for (int64_t r = 0; r < R; ++r) runs[r] = num_picks[r] > 0 && po[r + 1] > po[r];
     FloatBuf own;
     float* xp = nullptr;
     if (std::any_of(runs.begin(), runs.end(), [](char c) { return c != 0; })) {
@@ -112,10 +115,9 @@ py::tuple global_greedy_py(const F32& vision, const I64& pool, const I64& pool_o
       float* out_g = g + out_off[r];
       int64_t t = 0;
       std::vector<int64_t> res;
-      for (int64_t i = 0; i < m; ++i)
-        if (rsv[a + i]) res.push_back(i);
+      for (int64_t i = 0; i < m && static_cast<int64_t>(res.size()) < P; ++i)
+        if (rsv[a + i]) res.push_back(i);  // the reserved entries of the chain
       for (int64_t i : res) {
-        if (t == P) break;
         out_o[t] = a + i;
         out_g[t] = kInf;
         ++t;
@@ -147,14 +149,19 @@ py::tuple global_greedy_py(const F32& vision, const I64& pool, const I64& pool_o
         if (j < 0) j = mm[u]->argmax();  // (NaN scores only)
         out_o[t] = a + gs[u] + j;
         out_g[t] = mm[u]->acc(j);
-        if (t + 1 < P) {
-          mm[u]->take(j);
-          top[u] = mm[u]->max_acc();
+        mm[u]->take(j);  // the last pick too: dist is the minimum over the whole chain
+        if (t + 1 < P) top[u] = mm[u]->max_acc();
+      }
+      for (int64_t u = 0; u < G; ++u) {  // picked rows hold -inf: they are the chain (0)
+        float* dg = dist + a + gs[u];
+        for (int64_t i = 0, size = gs[u + 1] - gs[u]; i < size; ++i) {
+          const float v = mm[u]->acc(i);
+          dg[i] = v == -kInf ? 0.0f : v;
         }
       }
     });
   }
-  return py::make_tuple(order_a, gains_a);
+  return py::make_tuple(order_a, gains_a, dist_a);
 }
 
 }  // namespace
@@ -164,7 +171,8 @@ AP_REGISTER_OP("global_greedy", "proj_dim", [](py::module_& m) {
         py::arg("pool_offsets"), py::arg("reserved"), py::arg("num_picks"), py::arg("eps"),
         py::arg("group_offsets") = py::none(), py::kw_only(), py::arg("num_threads"),
         py::arg("proj_dim") = -1,
-        "Stage 2 filter: (order [sum P] int64 pool positions, gains [sum P] float32). "
+        "Stage 2 filter: (order [sum P] int64 pool positions, gains [sum P] float32, dist [K] "
+        "float32 distance to the chain). "
         "proj_dim: -1 auto, 0 dense, > 0 projection dims (speed only, never the result)");
 });
 

@@ -11,7 +11,10 @@ Request ``r`` owns pool positions ``off[r]:off[r+1]`` (``K_r`` rows ``pool[...]`
   moment.
 
 Shapes: ``vision [N, D]``, ``pool [K]`` int64, ``pool_offsets [R+1]``, ``reserved [K]`` bool;
-outputs ``order [sum P]`` int64 (global pool positions) and ``gains [sum P]`` fp32.
+outputs ``order [sum P]`` int64 (global pool positions), ``gains [sum P]`` fp32 and ``dist [K]``
+fp32 (every pool position's distance to the nearest chain entry of its request in its own group,
+``0`` on the chain, ``+inf`` where the group has none; computed with torch after the chain, see
+``_chain_dist``).
 Reference: :func:`adaptive_prune.reference.global_greedy`.
 
 Launches: the request's ``K_r x K_r`` similarity block (``token_similarity.similarity_blocks``
@@ -246,8 +249,8 @@ def _rows_prologue_kernel(
     tl.store(obase_ptr + i_r, o0 + n_res)
 
 
-def _rows_engine(vision, po, go, pool, reserved, picks, ooff, eps, window, block, stats, dist,
-                 order, gains, persistent=None, plan_only=False, sketch_dim=0):  # fmt: skip
+def _rows_engine(vision, po, go, pool, reserved, picks, ooff, eps, window, block, stats, order,
+                 gains, persistent=None, plan_only=False, sketch_dim=0):  # fmt: skip
     """Stage 2's greedy by the row engine (``_engine.py``): no pool block; with groups
     (``go != po``) every pool entry carries its group id and cross-group distances are
     ``+inf``."""
@@ -278,7 +281,7 @@ def _rows_engine(vision, po, go, pool, reserved, picks, ooff, eps, window, block
                                persistent=True, gid=gid, plan_only=True,
                                sketch_dim=sketch_dim)  # fmt: skip
         return order, gains, launch
-    acc = run_engine(x, pool, inv, po, state, rank=False, window=window, tile=te, stats=info,
+    run_engine(x, pool, inv, po, state, rank=False, window=window, tile=te, stats=info,
                      persistent=persistent, gid=gid, sketch_dim=sketch_dim)  # fmt: skip
     if stats is not None:
         from .greedy_select import _per_segment
@@ -290,9 +293,35 @@ def _rows_engine(vision, po, go, pool, reserved, picks, ooff, eps, window, block
             stats[:, 2] = info["scans"]
         if stats.shape[1] > 3:  # (entry, pick) pairs the sketch bound skipped
             stats[:, 3] = _per_segment(info, po, te, "tile_skipped")
-    if dist is not None:
-        dist.copy_(acc[:Q])
     return order, gains
+
+
+def _chain_dist(vision, pool, po, go, order, ooff, eps) -> torch.Tensor:
+    """``dist [K]`` fp32 from the chain ``order``: per request, ``1 - x̂_i . x̂_j`` of its pool
+    rows to its chain entries (``+inf`` across groups), the minimum over the entries, ``0`` on
+    the chain, ``+inf`` where the group has no entry. One ``K_r x P_r`` product per request
+    (torch; the engines' running minima stop before the last pick and skip requests without
+    greedy steps)."""
+    dev = vision.device
+    K = po[-1]
+    dist = torch.full((K,), float("inf"), dtype=torch.float32, device=dev)
+    if K == 0:
+        return dist
+    pool = pool.to(device=dev, dtype=torch.int64)
+    sizes = torch.tensor([b - a for a, b in zip(go, go[1:])])
+    gid = torch.repeat_interleave(torch.arange(len(go) - 1), sizes).to(dev)
+    for r in range(len(po) - 1):
+        a, e, o0, o1 = po[r], po[r + 1], ooff[r], ooff[r + 1]
+        if o1 == o0 or e == a:
+            continue
+        ch = order[o0:o1]
+        x = vision[pool[a:e]].float()
+        xh = x / x.norm(dim=1, keepdim=True).clamp_min(eps)
+        d = (1.0 - xh @ xh[ch - a].T).masked_fill(gid[a:e, None] != gid[ch][None, :], float("inf"))
+        dr = d.amin(dim=1)
+        dr[ch - a] = 0.0
+        dist[a:e] = dr
+    return dist
 
 
 def global_greedy_fwd(
@@ -309,11 +338,11 @@ def global_greedy_fwd(
     block_budget_mb: Optional[float] = None,
     stats: Optional[torch.Tensor] = None,
     engine: Optional[str] = None,
-    dist: Optional[torch.Tensor] = None,
     persistent: Optional[bool] = None,
     sketch_dim: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``adaptive_prune::global_greedy`` on the device: ``(order [sum P] int64, gains fp32)``.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``adaptive_prune::global_greedy`` on the device: ``(order [sum P] int64, gains fp32,
+    dist [K] fp32)`` (``dist``: see the module docstring).
 
     ``pool_offsets`` may be on the CPU (no host sync) or on the device (one sync to read it).
     ``block`` forces the lane count per program; ``window``: picks per round of the max-min
@@ -326,13 +355,53 @@ def global_greedy_fwd(
     (the work is not yet bounded by the groups). ``engine``: ``"blocks"`` (default) or
     ``"rows"`` (``_engine.py``: no pool block, groups served by ``+inf`` distances across
     them; needs a window, else the blocks run; ``stats`` then receives rounds and the
-    (entry, pick) distances computed;
-    ``dist [K]`` fp32, if given, every pool entry's final running distance to the picked and
-    reserved set, ``-inf`` for those; ``persistent``: force the one-launch loop on or off,
+    (entry, pick) distances computed; ``persistent``: force the one-launch loop on or off,
     default on a GPU; ``sketch_dim``: 0 (off), 16 or 32, the row engine's sketch bound, same
     results; ``stats`` may have a third column (fallback-scan rounds) and a fourth (pairs the
     sketch bound skipped)).
     """
+    order, gains = _chain_fwd(
+        vision,
+        pool,
+        pool_offsets,
+        reserved,
+        num_picks,
+        eps,
+        group_offsets,
+        block=block,
+        window=window,
+        block_budget_mb=block_budget_mb,
+        stats=stats,
+        engine=engine,
+        persistent=persistent,
+        sketch_dim=sketch_dim,
+    )
+    po = host_ints(pool_offsets)
+    go = host_ints(group_offsets) if group_offsets is not None else list(po)
+    ooff = [0]
+    for p in num_picks:
+        ooff.append(ooff[-1] + int(p))
+    return order, gains, _chain_dist(vision, pool, po, go, order, ooff, eps)
+
+
+def _chain_fwd(
+    vision: torch.Tensor,
+    pool: torch.Tensor,
+    pool_offsets: torch.Tensor,
+    reserved: torch.Tensor,
+    num_picks: Sequence[int],
+    eps: float,
+    group_offsets: Optional[torch.Tensor] = None,
+    *,
+    block: Optional[int] = None,
+    window: Optional[int] = None,
+    block_budget_mb: Optional[float] = None,
+    stats: Optional[torch.Tensor] = None,
+    engine: Optional[str] = None,
+    persistent: Optional[bool] = None,
+    sketch_dim: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chain (order and gains) of ``global_greedy_fwd``."""
     dev = vision.device
     po = host_ints(pool_offsets)
     go = host_ints(group_offsets) if group_offsets is not None else list(po)
@@ -355,12 +424,12 @@ def global_greedy_fwd(
     window = check_window(window)
     if check_engine(engine) == "rows" and window:
         return _rows_engine(vision, po, go, pool, reserved, picks, ooff, eps, window, block, stats,
-                            dist, order, gains, persistent, sketch_dim=sketch_dim)  # fmt: skip
+                            order, gains, persistent, sketch_dim=sketch_dim)  # fmt: skip
     groups = block_groups(sizes, block_budget_mb)
     if len(groups) > 1:  # the pool blocks of all requests exceed the budget: a group at a time
         for a, b in groups:
             p0, p1 = po[a], po[b]
-            o_g, g_g = global_greedy_fwd(
+            o_g, g_g = _chain_fwd(
                 vision,
                 pool[p0:p1],
                 torch.tensor([p - p0 for p in po[a : b + 1]], dtype=torch.int64),

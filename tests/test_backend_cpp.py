@@ -237,8 +237,8 @@ def _random_pool(seed, sizes, reserve_every, dim=32, dtype=torch.float32):
 def test_global_greedy_matches_reference(case, dtype):
     sizes, every, picks = case
     x, pool, po, reserved = _random_pool(sum(sizes), sizes, every, dtype=DTYPES[dtype])
-    o_ref, g_ref = ref.global_greedy(x, pool, po, reserved, picks, EPS)
-    o_got, g_got = _op.global_greedy(x, pool, po, reserved, picks, EPS)
+    o_ref, g_ref, _ = ref.global_greedy(x, pool, po, reserved, picks, EPS)
+    o_got, g_got, d_got = _op.global_greedy(x, pool, po, reserved, picks, EPS)
     assert o_got.shape == o_ref.shape and g_got.dtype == torch.float32
     po_l = po.tolist()
     off = [0]
@@ -261,8 +261,8 @@ def test_global_greedy_matches_reference(case, dtype):
                 g_got[off[r] : off[r + 1]], g_ref[off[r] : off[r + 1]], atol=1e-5, rtol=0
             )
     for pd in (0, 2, 16):
-        o_pd, g_pd = CPP.global_greedy(x, pool, po, reserved, picks, EPS, pd)
-        assert torch.equal(o_pd, o_got) and torch.equal(g_pd, g_got)
+        o_pd, g_pd, d_pd = CPP.global_greedy(x, pool, po, reserved, picks, EPS, pd)
+        assert torch.equal(o_pd, o_got) and torch.equal(g_pd, g_got) and torch.equal(d_pd, d_got)
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,10 +306,10 @@ def test_projection_filter_is_exact_on_real_tokens(real):
     reserved[starts] = True
     po = torch.tensor([0, len(order)])
     P = [int(0.75 * len(order))]
-    o0, g0 = CPP.global_greedy(x, pool, po, reserved, P, EPS, 0)
+    o0, g0, d0 = CPP.global_greedy(x, pool, po, reserved, P, EPS, 0)
     for pd in (-1, 1, 4, 16, 64):
-        o, g = CPP.global_greedy(x, pool, po, reserved, P, EPS, pd)
-        assert torch.equal(o, o0) and torch.equal(g, g0), pd
+        o, g, d = CPP.global_greedy(x, pool, po, reserved, P, EPS, pd)
+        assert torch.equal(o, o0) and torch.equal(g, g0) and torch.equal(d, d0), pd
 
 
 def test_dense_fallback_on_isotropic_tokens_is_exact():
@@ -320,8 +320,8 @@ def test_dense_fallback_on_isotropic_tokens_is_exact():
     po = torch.tensor([0, 400])
     reserved = torch.zeros(400, dtype=torch.bool)
     reserved[::50] = True
-    o0, g0 = CPP.global_greedy(x, pool, po, reserved, [400], EPS, 0)
-    o1, g1 = CPP.global_greedy(x, pool, po, reserved, [400], EPS, 16)
+    o0, g0, _ = CPP.global_greedy(x, pool, po, reserved, [400], EPS, 0)
+    o1, g1, _ = CPP.global_greedy(x, pool, po, reserved, [400], EPS, 16)
     assert torch.equal(o0, o1) and torch.equal(g0, g1)
     cu = torch.tensor([0, 400])
     b = torch.tensor([400])

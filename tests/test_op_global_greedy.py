@@ -6,6 +6,8 @@ every step (float64) and picks by the spec's band rule (the lowest pool position
 backend gives exactly the brute force's order, and its gains within ``ATOL``. Tie-heavy cases:
 every candidate's score lies clear of the band edge (more than :data:`EDGE`), and every backend
 gives exactly the brute force's and the reference's order, the gains within ``ATOL``.
+The third output ``dist`` (every pool position's distance to the nearest chain entry of its
+group) is checked against a float64 brute force over the chain within ``DIST_ATOL``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ OP = "global_greedy"
 # a tie-heavy case is decidable when no candidate's float64 score lies within this of the band
 # edge ``best - PICK_TIE`` (fp32 scores of D <= 32 rows round by ~1e-7)
 EDGE = 2e-6
+DIST_ATOL = 1e-5
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -78,6 +81,32 @@ def brute_case(case_id: str, dtype: torch.dtype):
     return order, torch.tensor(gains, dtype=torch.float64), margin, edge
 
 
+def brute_dist(x, pool, po, go, order) -> torch.Tensor:
+    """``dist [K]`` float64 from a chain ``order``: every pool position's min distance to the
+    chain entries of its group (groups never straddle requests), 0 on the chain, +inf where its
+    group has none."""
+    xh = unit(x[pool])
+    sizes = torch.tensor(go if go is not None else po).diff()
+    gid = torch.repeat_interleave(torch.arange(sizes.numel()), sizes).tolist()
+    chain = order.tolist()
+    dist = torch.full((pool.numel(),), math.inf, dtype=torch.float64)
+    for i in range(pool.numel()):
+        js = [j for j in chain if gid[j] == gid[i]]
+        if i in js:
+            dist[i] = 0.0
+        elif js:
+            dist[i] = float((1.0 - xh[js] @ xh[i]).min())
+    return dist
+
+
+def check_dist(dist, want):
+    assert dist.dtype == torch.float32 and dist.shape == want.shape
+    inf = torch.isinf(want)
+    assert torch.equal(torch.isinf(dist), inf) and bool((dist[inf] > 0).all())
+    assert bool((dist[want == 0] == 0).all()), "the chain entries have distance 0"
+    torch.testing.assert_close(dist[~inf].double(), want[~inf], atol=DIST_ATOL, rtol=0)
+
+
 def args_of(c, dtype):
     pool, po, reserved, picks = c.pool()
     return (c.x(dtype), pool, po, reserved, picks, EPS)
@@ -123,11 +152,39 @@ def test_tie_free_matches_brute_force(backend, case, dtype):
     if backend == "triton" and dtype == "bf16":
         pytest.skip("bf16 under the interpreter: tests/test_backend_triton.py")
     c = CASES[case]
-    order, gains = call(backend, OP, args_of(c, DTYPES[dtype]), keep_cpu=(2,))
+    args = args_of(c, DTYPES[dtype])
+    order, gains, dist = call(backend, OP, args, keep_cpu=(2,))
     check_structure(order, gains, c)
     want_o, want_g = brute_case(case, DTYPES[dtype])[:2]
     assert torch.equal(order, want_o)
     torch.testing.assert_close(gains.double(), want_g, atol=ATOL[DTYPES[dtype]], rtol=0)
+    check_dist(dist.cpu(), brute_dist(args[0], args[1], args[2].tolist(), None, want_o))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dist_with_groups(backend):
+    """``dist`` in groups: a group the chain never reaches (+inf), a request without picks
+    (+inf everywhere), a request whose chain is only its reserved tokens, a request without
+    reserved tokens; the chain entries themselves 0."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(90, 16, generator=g)
+    pool = torch.randperm(90, generator=g)[:70]
+    po = offsets([30, 12, 10, 18])
+    groups = torch.tensor([0, 10, 20, 30, 42, 47, 52, 62, 70])
+    reserved = torch.zeros(70, dtype=torch.bool)
+    reserved[[2, 44, 50]] = True
+    # request 0: reserved in group 0, one pick (group 1's first position, gain +inf), group 2
+    # unreached; request 1: no picks; request 2: its two reserved tokens only; request 3: 6
+    picks = [2, 0, 2, 6]
+    args = (x, pool, po, reserved, picks, EPS, groups)
+    order, gains, dist = call(backend, OP, args, keep_cpu=(2, 6))
+    want_o, want_g, want_d = ref.global_greedy(*args)
+    assert torch.equal(order.cpu(), want_o) and order.tolist()[:2] == [2, 10]
+    want = brute_dist(x, pool, po.tolist(), groups.tolist(), want_o)
+    assert bool(torch.isinf(want[20:42]).all()) and int((want == 0).sum()) == sum(picks)
+    assert bool(torch.isfinite(want[42:52]).all())  # request 2: both groups hold a reserved one
+    check_dist(dist.cpu(), want)
+    check_dist(want_d, want)
 
 
 @pytest.mark.parametrize("case", [c.id for c in TIE_HEAVY])
@@ -135,9 +192,9 @@ def test_tie_free_matches_brute_force(backend, case, dtype):
 def test_tie_heavy_gives_the_same_picks_as_the_reference(backend, case):
     c = CASES[case]
     args = args_of(c, torch.float32)
-    order, gains = call(backend, OP, args, keep_cpu=(2,))
+    order, gains, _ = call(backend, OP, args, keep_cpu=(2,))
     check_structure(order, gains, c)
-    want_o, want_g = ref.global_greedy(*args)
+    want_o, want_g, _ = ref.global_greedy(*args)
     assert torch.equal(order, brute_case(case, torch.float32)[0])
     assert torch.equal(order, want_o)
     torch.testing.assert_close(gains, want_g, atol=ATOL[torch.float32], rtol=0)
@@ -170,8 +227,8 @@ def test_near_ties_go_to_the_lower_position(backend, variant):
     groups = torch.tensor([0, 25, 60, 80, 110])
     args = (x, pool, po, reserved, [30, 28], EPS, groups)
     knobs = VARIANTS[variant].get("triton" if backend == "cuda" else backend, {})
-    order, gains = call(backend, OP, args, keep_cpu=(2, 6), **knobs)
-    want_o, want_g = ref.global_greedy(*args)
+    order, gains, _ = call(backend, OP, args, keep_cpu=(2, 6), **knobs)
+    want_o, want_g, _ = ref.global_greedy(*args)
     assert torch.equal(order, want_o)
     torch.testing.assert_close(gains, want_g, atol=ATOL[torch.float32], rtol=0)
 
@@ -181,8 +238,8 @@ def test_without_reserved_tokens_the_first_pick_is_position_0(backend):
     x = CASES["no-text-zero-row"].x(torch.float32)
     pool, po = torch.tensor([4, 9, 1, 30, 17, 2]), offsets([1, 5])
     reserved = torch.zeros(6, dtype=torch.bool)
-    order, gains = call(backend, OP, (x, pool, po, reserved, [1, 3], EPS), keep_cpu=(2,))
-    want_o, want_g = ref.global_greedy(x, pool, po, reserved, [1, 3], EPS)
+    order, gains, _ = call(backend, OP, (x, pool, po, reserved, [1, 3], EPS), keep_cpu=(2,))
+    want_o, want_g, _ = ref.global_greedy(x, pool, po, reserved, [1, 3], EPS)
     assert order.tolist()[:2] == [0, 1] and torch.equal(order, want_o)
     assert bool(torch.isinf(gains[:2]).all())
     torch.testing.assert_close(gains, want_g, atol=ATOL[torch.float32], rtol=0)
@@ -198,7 +255,8 @@ def test_opcheck_and_output_dtype_shape(backend):
         with FakeTensorMode() as mode:
             fake = ops.ALL_OPS[OP](*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
                                      for a in args])  # fmt: skip
-        for g, f, dt in zip(got, fake, (torch.int64, torch.float32)):
+        assert len(got) == len(fake) == 3
+        for g, f, dt in zip(got, fake, (torch.int64, torch.float32, torch.float32)):
             assert g.dtype == f.dtype == dt and g.shape == f.shape
 
 
@@ -208,7 +266,7 @@ def test_opcheck_and_output_dtype_shape(backend):
 @pytest.mark.parametrize("case", [c.id for c in TIE_FREE])
 def test_reference_fp64_matches_brute_force(case):
     c = CASES[case]
-    order, gains = ref.global_greedy(*args_of(c, torch.float64))
+    order, gains, _ = ref.global_greedy(*args_of(c, torch.float64))
     want_o, want_g = brute_case(case, torch.float64)[:2]
     assert torch.equal(order, want_o)
     # the reference returns float32 gains
@@ -217,6 +275,6 @@ def test_reference_fp64_matches_brute_force(case):
 
 def test_reference_gains_never_increase():
     c = CASES["577"]
-    order, gains = ref.global_greedy(*args_of(c, torch.float64))
+    order, gains, _ = ref.global_greedy(*args_of(c, torch.float64))
     n_res = int(c.pool()[2].sum())
     assert bool((gains[n_res:-1] >= gains[n_res + 1 :]).all())

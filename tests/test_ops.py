@@ -57,9 +57,9 @@ def test_ops_compile_fullgraph():
     @torch.compile(fullgraph=True, backend="eager")
     def stages(x, cu, b, pool, po, reserved, gains, align, ko):
         rank = torch.ops.adaptive_prune.greedy_select(x, cu, b, "maxmin", 1e-6)
-        order, g = torch.ops.adaptive_prune.global_greedy(x, pool, po, reserved, [2, 4], 1e-6)
+        order, g, d = torch.ops.adaptive_prune.global_greedy(x, pool, po, reserved, [2, 4], 1e-6)
         keep = torch.ops.adaptive_prune.pareto_select(gains, align, ko, [2, 2])
-        return rank, order, g, keep
+        return rank, order, g, d, keep
 
     x, cu, b = args["greedy_select"][0][:3]
     pool, po, reserved = args["global_greedy"][0][1:4]
@@ -70,6 +70,7 @@ def test_ops_compile_fullgraph():
         *torch.ops.adaptive_prune.global_greedy(x, pool, po, reserved, [2, 4], 1e-6),
         torch.ops.adaptive_prune.pareto_select(gains, align, ko, [2, 2]),
     )
+    assert len(got) == len(want)
     for a, w in zip(got, want):
         assert torch.equal(a, w)
 

@@ -170,21 +170,21 @@ def test_stage2_rows_engine_matches_band_oracle(device, reserve):
     if reserve:
         reserved[[0, 5, 17, 60, 100]] = True
     picks = [20, 0, 1, 69]  # the last request picks its whole pool
-    dist = torch.full((120,), math.nan, device=device)
-    o, gains = global_greedy_fwd(
-        x, pool, po, reserved.to(device), picks, EPS, window=16, block=16, engine="rows",
-        dist=dist,
-    )  # fmt: skip
+    o, gains, dist = global_greedy_fwd(
+        x, pool, po, reserved.to(device), picks, EPS, window=16, block=16, engine="rows"
+    )
     # the band oracle (this input has decisions within PICK_TIE, where the band's lower
     # index and the reference's argmax part)
     wo, wg, _ = band_pool(x, pool, po, reserved, picks)
     assert torch.equal(o.cpu(), wo)
     torch.testing.assert_close(gains.cpu(), wg, atol=2e-6, rtol=0)
-    # request 0: the final running distances to its reserved and picked rows
+    # request 0: the distances to its reserved and picked rows (the last pick included), 0 at
+    # those; request 3 (its whole pool picked): 0 everywhere
     sel = (wo[:20]).tolist()
-    torch.testing.assert_close(
-        dist[:50].cpu().double(), brute_dist(x[pool[:50]].cpu(), sel), atol=1e-5, rtol=0
-    )
+    want = brute_dist(x[pool[:50]].cpu(), sel)
+    want[sel] = 0.0
+    torch.testing.assert_close(dist[:50].cpu().double(), want, atol=1e-5, rtol=0)
+    assert bool((dist[51:] == 0).all()) and dist.shape == (120,)
 
 
 def tie_tokens(seed, n=150, dim=16):
@@ -218,7 +218,7 @@ def test_rows_engine_band_rule_on_exact_ties(device, seed):
     if seed % 2:
         reserved[[3, 7, 80]] = True
     picks = [14, 16]
-    o, gains = global_greedy_fwd(
+    o, gains, _ = global_greedy_fwd(
         x, pool, po, reserved, picks, EPS, window=16, block=16, engine="rows"
     )
     wo, wg, _ = band_pool(x.cpu(), pool.cpu(), po, reserved, picks)
@@ -237,7 +237,7 @@ def test_rows_engine_band_rule_on_tie_heavy_cases(device, case):
     assert torch.equal(got.cpu(), band_select(x.cpu(), cu, budgets, got))
     pool, po, reserved, picks = case.pool()
     go = image_groups(case, pool, po) if case.id != "dup-rows" else None  # (the slowest)
-    o, gains = global_greedy_fwd(
+    o, gains, _ = global_greedy_fwd(
         x, pool.to(device), po, reserved.to(device), picks, EPS, go, window=16, block=16,
         engine="rows",
     )  # fmt: skip
@@ -284,12 +284,12 @@ def test_persistent_kernel_matches_reference_and_phase_launches(device):
     reserved[[3, 70]] = True
     picks = [16, 0, 18]
     go = torch.tensor([0, 20, 60, 60, 75, 110])  # groups; [75, 110) has no reserved token
-    o, gains = global_greedy_fwd(xg, pool, po, reserved, picks, EPS, go, persistent=True,
+    o, gains, _ = global_greedy_fwd(xg, pool, po, reserved, picks, EPS, go, persistent=True,
                                  **kw)  # fmt: skip
     wo, wg, _ = band_pool(xg.cpu(), pool.cpu(), po, reserved.cpu(), picks, go)
     assert torch.equal(o.cpu(), wo)
     torch.testing.assert_close(gains.cpu(), wg, atol=2e-6, rtol=0)
-    o2, g2 = global_greedy_fwd(xg, pool, po, reserved, picks, EPS, go, persistent=False,
+    o2, g2, _ = global_greedy_fwd(xg, pool, po, reserved, picks, EPS, go, persistent=False,
                                **kw)  # fmt: skip
     assert torch.equal(o, o2) and torch.equal(gains, g2)
 
@@ -304,10 +304,10 @@ def test_stage2_groups_match_reference(device, case):
     pool, po, reserved, picks = case.pool()
     picks = [min(int(po[r + 1] - po[r]), p + 6) for r, p in enumerate(picks)]
     for go in (image_groups(case, pool, po), None):
-        wo, wg = ref.global_greedy(case.x(torch.float32), pool, po, reserved, picks, EPS, go)
+        wo, wg, _ = ref.global_greedy(case.x(torch.float32), pool, po, reserved, picks, EPS, go)
         _, _, lead = band_pool(case.x(torch.float32), pool, po, reserved, picks, go)
         assert lead > MARGIN  # tie-free: the band rule and the argmax agree
-        o, gains = global_greedy_fwd(
+        o, gains, _ = global_greedy_fwd(
             x, pool.to(device), po, reserved.to(device), picks, EPS, go, window=16, block=16,
             engine="rows",
         )  # fmt: skip
@@ -325,10 +325,10 @@ def test_stage2_groups_without_reserved_tokens(device):
     go = torch.tensor(sorted({0, 1, 100} | set(range(5, 100, 5))))
     reserved = torch.zeros(100, dtype=torch.bool)
     picks = [1, 40]
-    wo, wg = ref.global_greedy(x.cpu(), pool, po, reserved, picks, EPS, go)
+    wo, wg, _ = ref.global_greedy(x.cpu(), pool, po, reserved, picks, EPS, go)
     _, _, lead = band_pool(x.cpu(), pool, po, reserved, picks, go)
     assert lead > MARGIN
-    o, gains = global_greedy_fwd(x, pool.to(device), po, reserved.to(device), picks, EPS, go,
+    o, gains, _ = global_greedy_fwd(x, pool.to(device), po, reserved.to(device), picks, EPS, go,
                                  window=16, block=16, engine="rows")  # fmt: skip
     assert torch.equal(o.cpu(), wo)
     assert torch.isinf(gains[1:21]).all() and o[1:21].tolist() == go[1:-1].tolist()
@@ -351,7 +351,7 @@ def test_rows_engine_stats_and_no_picks(device):
     po = torch.tensor([0, 64])
     reserved = torch.zeros(64, dtype=torch.bool, device=device)
     reserved[:3] = True
-    o, gains = global_greedy_fwd(x, pool, po, reserved, [3], EPS, window=16, engine="rows")
+    o, gains, _ = global_greedy_fwd(x, pool, po, reserved, [3], EPS, window=16, engine="rows")
     assert o.tolist() == [0, 1, 2] and torch.isinf(gains).all()
 
 
@@ -383,7 +383,7 @@ def test_sketch_bound_skips_tiles_with_the_same_results(device):
     reserved[[0, 45]] = True
     for sk in (0, 32):
         st = torch.zeros(1, 4, dtype=torch.int64, device=device)
-        o, gains = global_greedy_fwd(x, pool, po, reserved, [30], EPS, go, stats=st,
+        o, gains, _ = global_greedy_fwd(x, pool, po, reserved, [30], EPS, go, stats=st,
                                      sketch_dim=sk, **kw)  # fmt: skip
         out[sk] = (o, gains, st)
     assert torch.equal(out[32][0], out[0][0]) and torch.equal(out[32][1], out[0][1])
@@ -409,12 +409,12 @@ def test_row_engine_launch_replays_in_a_cuda_graph():
     reserved = torch.zeros(500, dtype=torch.bool, device="cuda")
     reserved[[0, 100, 310]] = True
     picks = [60, 120]
-    want_o, want_g = global_greedy_fwd(x, pool, po, reserved, picks, EPS, go, engine="rows")
+    want_o, want_g, _ = global_greedy_fwd(x, pool, po, reserved, picks, EPS, go, engine="rows")
     ooff = [0, 60, 180]
     order = torch.empty(180, dtype=torch.int64, device="cuda")
     gains = torch.empty(180, dtype=torch.float32, device="cuda")
     order, gains, launch = gg._rows_engine(
-        x, po.tolist(), go.tolist(), pool, reserved, picks, ooff, EPS, 64, None, None, None,
+        x, po.tolist(), go.tolist(), pool, reserved, picks, ooff, EPS, 64, None, None,
         order, gains, plan_only=True,
     )  # fmt: skip
     launch()  # warm-up: compiles the kernel outside the capture

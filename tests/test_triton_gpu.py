@@ -135,7 +135,7 @@ def test_large_shape_stages_against_reference():
     po = torch.tensor([0, 1200])
     reserved = torch.zeros(1200, dtype=torch.bool, device="cuda")
     reserved[::100] = True  # 12 reserved
-    order, gains = global_greedy_fwd(x, pool, po, reserved, [400], EPS)
+    order, gains, _ = global_greedy_fwd(x, pool, po, reserved, [400], EPS)
     assert torch.equal(order[:12].cpu(), torch.arange(0, 1200, 100))
     xh = ref.normalize(x[pool], EPS)
     acc = (1.0 - xh @ xh[reserved].T).min(1).values.masked_fill(reserved, float("-inf"))
@@ -168,8 +168,8 @@ def test_windowed_greedy_equals_step_loop_at_full_size(window):
     reserved = torch.zeros(9216, dtype=torch.bool, device="cuda")
     reserved[::576] = True
     picks = [4000, 5000]
-    o0, g0 = global_greedy_fwd(x, pool, po, reserved, picks, EPS, window=0)
-    o1, g1 = global_greedy_fwd(x, pool, po, reserved, picks, EPS, window=window)
+    o0, g0, _ = global_greedy_fwd(x, pool, po, reserved, picks, EPS, window=0)
+    o1, g1, _ = global_greedy_fwd(x, pool, po, reserved, picks, EPS, window=window)
     assert torch.equal(o1, o0) and torch.equal(g1, g0)
 
     text = tokens([64], dim=3584, seed=6, dtype=torch.bfloat16)[0]

@@ -390,7 +390,7 @@ def stage2_select(
     eps = float(o["eps"])
     g_off = starts([sum(lay.b[k] for k in g) for g in lay.groups])
     p_off = starts([0 if plan.trivial(r) else lay.pool_sizes[r] for r in range(R)])
-    order, gains = _op.global_greedy(
+    order, gains, dist = _op.global_greedy(
         vision,
         pool.rows,
         torch.tensor(p_off, dtype=torch.int64),
@@ -425,7 +425,7 @@ def stage2_select(
             keep[seg] = True
             movable[seg] = True
     if text_req:
-        _final_selection(vision, scores, plan, lay, pool, order, gains, ch_off, g_off, text_req,
+        _final_selection(vision, scores, plan, lay, pool, order, gains, dist, ch_off, text_req,
                          keep, movable, n_cand, o)  # fmt: skip
     if int(o["refine"]) > 0:
         keep = _op.refine_medoids(
@@ -447,14 +447,13 @@ def _reserved_count(plan: Plan, r: int) -> int:
 
 
 def _final_selection(
-    vision, scores, plan, lay, pool, order, gains, ch_off, g_off, text_req, keep, movable, n_cand, o
+    vision, scores, plan, lay, pool, order, gains, dist, ch_off, text_req, keep, movable, n_cand, o
 ) -> None:
     """With text: the diversity floor (the first ``ceil(kappa * (B - reserved))`` chain picks),
     then the Pareto (or weighted) cut to exactly the slots left, over the rest of the chain and
     as many best-aligned pool tokens off the chain as there are slots. Writes ``keep`` and
     ``movable`` (reserved and floor tokens may move in the refinement, Pareto picks stay)."""
     dev = vision.device
-    eps = float(o["eps"])
     kappa = float(o["diversity_floor"])
     p_off = starts([0 if plan.trivial(r) else lay.pool_sizes[r] for r in range(plan.R)])
     parts = []  # (r, slots, floor end)
@@ -485,8 +484,10 @@ def _final_selection(
         n_al = min(math.ceil(float(o["aligned"]) * slots - 1e-9), off_pos.numel())
         top = torch.argsort(-ar[~on_chain].double(), stable=True)[:n_al]
         al_pos = off_pos[top]
-        gi = [i for i, x in enumerate(lay.group_request) if x == r]
-        al_gain = _gain_to_chain(vision, pool, al_pos, seg, g_off, gi, eps)
+        # an off-chain token's gain: global_greedy's dist (its running minimum where the chain
+        # stopped); 0 where its group has no chain entry (dist +inf)
+        al_gain = dist[al_pos]
+        al_gain = torch.where(torch.isinf(al_gain), torch.zeros_like(al_gain), al_gain)
         c_pos = torch.cat([seg[f_end:], al_pos])
         c_gain = band_snap(torch.cat([gains[ch_off[r] + f_end : ch_off[r + 1]].float(), al_gain]))
         # candidates by gain, largest first (ties: chain before aligned, then list order)
@@ -505,21 +506,6 @@ def _final_selection(
     else:
         sel = _weighted_select(c_g, c_a, off, ks)
     keep[c_pos[true_positions(sel, sum(ks))]] = True
-
-
-def _gain_to_chain(vision, pool, cand, chain, g_off, gi, eps) -> torch.Tensor:
-    """Cosine distance of every candidate pool position to the nearest chain entry of its own
-    group (its running minimum where the chain stopped)."""
-    out = torch.zeros(cand.numel(), dtype=torch.float32, device=vision.device)
-    for i in gi:
-        inside = (cand >= g_off[i]) & (cand < g_off[i + 1])
-        mine = chain[(chain >= g_off[i]) & (chain < g_off[i + 1])]
-        if not bool(inside.any()) or mine.numel() == 0:
-            continue
-        xc = normalize(vision[pool.rows[cand[inside]]], eps)
-        xs = normalize(vision[pool.rows[mine]], eps)
-        out[inside] = (1.0 - (xc @ xs.T).max(dim=1).values).float()
-    return out
 
 
 def run_adaptive(

@@ -78,7 +78,7 @@ def reference(
     num_picks: list[int],
     eps: float,
     group_offsets: Optional[torch.Tensor] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Max-min greedy over each request's pool, starting from its reserved tokens, where tokens
     of different groups never cover each other.
 
@@ -95,6 +95,12 @@ def reference(
     by greedy picks (argmax over unpicked of the min cosine
     distance to the picked set, ties to the lower pool position) until ``P_r = num_picks[r]``
     entries; each pick's gain is that min distance at the moment it was picked.
+
+    Also returns ``dist [K]`` float32: for every pool position, the minimum cosine distance
+    ``1 - x̂_i . x̂_j`` over the chain entries ``j`` of its request that lie in its own group
+    (reserved entries and greedy picks, the last pick included), i.e. its running minimum
+    where the chain stopped; ``0`` for the chain entries themselves, ``+inf`` where its group
+    has no chain entry (every position of a request with ``num_picks[r] = 0``).
     """
     po = bounds(pool_offsets)
     go = bounds(group_offsets) if group_offsets is not None else po
@@ -120,7 +126,43 @@ def reference(
     dev = vision.device
     order = torch.cat(orders) if orders else torch.zeros(0, dtype=torch.int64)
     gain = torch.cat(gains) if gains else torch.zeros(0, dtype=torch.float32)
-    return order.to(dev), gain.to(dev)
+    order = order.to(dev)
+    dist = chain_dist(vision, pool, po, go, order, [int(p) for p in num_picks], eps)
+    return order, gain.to(dev), dist
+
+
+def chain_dist(
+    vision: torch.Tensor,
+    pool: torch.Tensor,
+    po: list[int],
+    go: list[int],
+    order: torch.Tensor,
+    picks: list[int],
+    eps: float,
+) -> torch.Tensor:
+    """The op's ``dist [K]`` from its chain ``order``: per request, the distances of its pool
+    to its chain entries (``+inf`` across groups), their minimum, ``0`` on the chain."""
+    K = pool.shape[0]
+    dev = vision.device
+    dist = torch.full((K,), math.inf, dtype=torch.float32, device=dev)
+    if K == 0:
+        return dist
+    sizes = torch.tensor([b - a for a, b in zip(go, go[1:])])
+    gid = torch.repeat_interleave(torch.arange(len(go) - 1), sizes).to(dev)
+    o0 = 0
+    for r in range(len(po) - 1):
+        a, e, P = po[r], po[r + 1], picks[r]
+        ch = order[o0 : o0 + P]
+        o0 += P
+        if P == 0 or e == a:
+            continue
+        xh = normalize(vision[pool[a:e]], eps)
+        d = 1.0 - xh @ xh[ch - a].T  # [m, P]
+        d = d.masked_fill(gid[a:e, None] != gid[ch][None, :], math.inf)
+        dr = d.amin(dim=1).float()
+        dr[ch - a] = 0.0
+        dist[a:e] = dr
+    return dist
 
 
 op = define("global_greedy", reference, check)
@@ -132,4 +174,5 @@ def _(vision, pool, pool_offsets, reserved, num_picks, eps, group_offsets=None):
     return (
         vision.new_empty((total,), dtype=torch.int64),
         vision.new_empty((total,), dtype=torch.float32),
+        vision.new_empty((pool.shape[0],), dtype=torch.float32),
     )

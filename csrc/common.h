@@ -107,6 +107,23 @@ struct AlignedAllocator {
 };
 using FloatBuf = std::vector<float, AlignedAllocator<float>>;
 
+// Scratch of [K, D] floats (the unit pool rows of global_greedy and refine_medoids) kept per
+// calling thread between calls up to 256 MiB: a fresh allocation of this size is new memory
+// from the OS every call, and its page faults and zeroing cost a tenth of the op on large pools
+// (docs/cpp.md). Larger needs go to `own`, freed with it. The ops of one thread run one at a
+// time, so they share the buffer.
+inline float* pool_workspace(int64_t K, int64_t D, FloatBuf& own) {
+  constexpr int64_t kKeepBytes = int64_t(256) << 20;
+  const int64_t need = K * D;
+  if (need * int64_t(sizeof(float)) > kKeepBytes) {
+    own.resize(static_cast<size_t>(need));
+    return own.data();
+  }
+  static thread_local FloatBuf ws;
+  if (static_cast<int64_t>(ws.size()) < need) ws.resize(static_cast<size_t>(need));
+  return ws.data();
+}
+
 // --------------------------------------------------------------------------------------------
 // argument checks: std::invalid_argument, a ValueError on the Python side
 // --------------------------------------------------------------------------------------------

@@ -28,21 +28,6 @@
 namespace adaptive_prune_cpu {
 namespace {
 
-// The unit pool rows [K, D] live in a buffer kept per calling thread between calls (up to
-// 256 MiB): a fresh allocation of this size is new memory from the OS every call, and its
-// page faults cost a tenth of the op on large pools (see docs/cpp.md).
-float* pool_workspace(int64_t K, int64_t D, FloatBuf& own) {
-  constexpr int64_t kKeepBytes = int64_t(256) << 20;
-  const int64_t need = K * D;
-  if (need * int64_t(sizeof(float)) > kKeepBytes) {
-    own.resize(static_cast<size_t>(need));
-    return own.data();
-  }
-  static thread_local FloatBuf ws;
-  if (static_cast<int64_t>(ws.size()) < need) ws.resize(static_cast<size_t>(need));
-  return ws.data();
-}
-
 py::tuple global_greedy_py(const F32& vision, const I64& pool, const I64& pool_offsets,
                            const Bool& reserved, const std::vector<int64_t>& num_picks,
                            double eps, const py::object& group_offsets, int64_t num_threads,

@@ -42,21 +42,6 @@ inline uint64_t mix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// The unit pool rows [K, D] live in a buffer kept per calling thread between calls (up to
-// 256 MiB), as in global_greedy.cpp: a fresh buffer of this size is new memory from the OS
-// every call, and its page faults and zeroing cost more than the refinement's search.
-float* pool_workspace(int64_t K, int64_t D, FloatBuf& own) {
-  constexpr int64_t kKeepBytes = int64_t(256) << 20;
-  const int64_t need = K * D;
-  if (need * int64_t(sizeof(float)) > kKeepBytes) {
-    own.resize(static_cast<size_t>(need));
-    return own.data();
-  }
-  static thread_local FloatBuf ws;
-  if (static_cast<int64_t>(ws.size()) < need) ws.resize(static_cast<size_t>(need));
-  return ws.data();
-}
-
 // Projection dims: dense for small searches (the bound does not repay the projection), else 8.
 // Measured on real tokens (16 x 576, keep 25 %, text; loaded 2-core VM, projection + search
 // ms): D = 1024: dp 8 ~19, 16 ~27, 32 ~48; D = 3584: dp 8 ~84, 16 ~110, 32 ~170: the

@@ -139,6 +139,13 @@ inline void check(bool ok, const Args&... args) {
   if (!ok) fail(args...);
 }
 
+// every rows[i] (i < K) indexes a row of vision ([0, N)); `name` is the argument's name
+inline void check_rows(const int64_t* rows, int64_t K, int64_t N, const char* name) {
+  for (int64_t i = 0; i < K; ++i)
+    check(rows[i] >= 0 && rows[i] < N, name, "[", i, "] = ", rows[i],
+          " is not a row of vision (N = ", N, ")");
+}
+
 // offsets v[0..size) = [0, ..., total]: start at 0, non-decreasing, end at `total`
 inline std::vector<int64_t> read_offsets(const int64_t* p, int64_t size, const char* name,
                                          int64_t total, const char* total_name) {

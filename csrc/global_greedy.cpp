@@ -35,9 +35,7 @@ py::tuple global_greedy_py(const F32& vision, const I64& pool, const I64& pool_o
   const auto [N, D] = shape2(vision, "vision");
   const int64_t K = len1(pool, "pool");
   const int64_t* rows = pool.data();
-  for (int64_t i = 0; i < K; ++i)
-    check(rows[i] >= 0 && rows[i] < N, "pool[", i, "] = ", rows[i],
-          " is not a row of vision (N = ", N, ")");
+  check_rows(rows, K, N, "pool");
   const std::vector<int64_t> po =
       read_offsets(pool_offsets.data(), len1(pool_offsets, "pool_offsets"), "pool_offsets", K,
                    "K (pool size)");

@@ -229,9 +229,7 @@ py::array_t<bool> refine_medoids_py(const F32& vision, const I64& pool, const I6
   const auto [N, D] = shape2(vision, "vision");
   const int64_t K = len1(pool, "pool");
   const int64_t* rows = pool.data();
-  for (int64_t i = 0; i < K; ++i)
-    check(rows[i] >= 0 && rows[i] < N, "pool[", i, "] = ", rows[i],
-          " is not a row of vision (N = ", N, ")");
+  check_rows(rows, K, N, "pool");
   const std::vector<int64_t> go =
       read_offsets(group_offsets.data(), len1(group_offsets, "group_offsets"), "group_offsets",
                    K, "K (pool size)");

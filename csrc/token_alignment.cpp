@@ -21,9 +21,7 @@ py::array_t<float> token_alignment_py(const F32& vision, const I64& rows, const 
   check(Dt == D, "text has width ", Dt, " but vision has ", D);
   const int64_t K = len1(rows, "rows");
   const int64_t* idx = rows.data();
-  for (int64_t i = 0; i < K; ++i)
-    check(idx[i] >= 0 && idx[i] < N, "rows[", i, "] = ", idx[i], " is not a row of vision (N = ",
-          N, ")");
+  check_rows(idx, K, N, "rows");
   const std::vector<int64_t> ro = read_offsets(
       row_offsets.data(), len1(row_offsets, "row_offsets"), "row_offsets", K, "K (rows)");
   const std::vector<int64_t> to =

@@ -59,8 +59,17 @@ HBM_TBS = 4.8  # H200 HBM3e, datasheet
 TC_TFLOPS = 600.0  # realistic dense bf16 tensor-core rate for 64x64 tiles (datasheet ~990)
 BARRIER_US = 1.5  # one device-wide barrier over <= 132 resident programs (atomic + spin)
 WINDOW_US = 4.0  # phase W of one round without the merges: L x L x D dot, L on-chip steps
-MERGE_US = 1.5  # phase W: one merge of a tile's L candidates (a tl.sort of 2L int64 keys)
-TILE = 512  # entries per tile on a GPU (CONFIGS["engine_tile"])
+MERGE_US = 4.0  # phase W: one tl.sort of MERGE_KEYS int64 keys (the running best + tiles' L each)
+MERGE_KEYS = 1024  # keys per sort (CONFIGS["engine_merge"]): MERGE_KEYS / L - 1 tiles per sort
+TILE = 512  # the most entries per tile on a GPU (CONFIGS["engine_tile"])
+N_SM = 132  # SMs of an H200: a GPU tile cuts the entries into about one tile per SM
+
+
+def tile_of(sizes: list[int], L: int) -> int:
+    """The row engine's tile on an H200 for segments of ``sizes`` (``_common.engine_tile``)."""
+    return max(L, min(TILE, L * -(-max(sum(sizes), 1) // (N_SM * L))))
+
+
 LAUNCH_US = 4.0  # one kernel launch outside a CUDA graph
 EAGER_US = 6.0  # one small eager PyTorch op (dispatch + launch)
 SKETCH_DIM = 32  # dimension of the (simulated) sketch bound
@@ -69,12 +78,13 @@ SCAN_US = 0.5  # phase W's fallback scan: per 1024 entries of the segment's acc,
 
 def engine_scratch(stage: str, sizes: list[int], D: int, L: int, groups: bool = True) -> int:
     """Bytes the row engine allocates besides its inputs and outputs (kernels/_engine.py and
-    the two launchers) for segments of ``sizes``, tile ``TILE``, window ``L``: ``inv``,
+    the two launchers) for segments of ``sizes``, tile ``tile_of(sizes, L)``, window ``L``: ``inv``,
     ``acc`` (4 Q), group ids (8 Q, stage 2 with groups), ``cand`` and ``nxt`` (8 T (L + 1)),
     ``sel`` (8 n L), the per-segment vectors, and stage 1's image sums (4 n D, the first
     pick). O(Q + n D): no term in K^2."""
     Q, n = sum(sizes), len(sizes)
-    T = sum(-(-m // TILE) for m in sizes)
+    te = tile_of(sizes, L)
+    T = sum(-(-m // te) for m in sizes)
     out = 4 * Q + 4 * Q + 8 * T * (L + 1) + 8 * T + 8 * n * L + 8 * n * 12 + 16 * (n + 1)
     if stage == "stage 1":
         out += 4 * n * D
@@ -415,8 +425,11 @@ def main(argv=None) -> int:
         mem_ms = byts / (HBM_TBS * 1e12) * 1e3
         mma_ms = flops / (TC_TFLOPS * 1e12) * 1e3
         seg = calls["greedy_select"][1] if stage == "stage 1" else calls["global_greedy"][2]
-        tiles = max(-(-m // TILE) for m in (seg[1:] - seg[:-1]).tolist())
-        fixed_ms = rounds * (2 * BARRIER_US + WINDOW_US + MERGE_US * tiles) * 1e-3
+        m_seg = (seg[1:] - seg[:-1]).tolist()
+        te = tile_of(m_seg, L)
+        tiles = max(-(-m // te) for m in m_seg)
+        sorts = -(-tiles // max(MERGE_KEYS // L - 1, 1))  # phase W's merge sorts per round
+        fixed_ms = rounds * (2 * BARRIER_US + WINDOW_US + MERGE_US * sorts) * 1e-3
         fixed_ms += c["scans"] * SCAN_US * max(c["sizes"]) / 1024 * 1e-3
         row(f"{stage} model: predicted engine time", "rows",
             round(max(mem_ms, mma_ms) + fixed_ms, 3), "ms (H200)",
@@ -425,7 +438,7 @@ def main(argv=None) -> int:
         row(f"{stage} scratch: similarity blocks", "blocks", 4 * sum(m * m for m in sizes),
             "bytes")  # fmt: skip
         row(f"{stage} scratch: row engine", "rows", engine_scratch(stage, sizes, D_MODEL, L),
-            "bytes", f"engine_scratch(): O(N + n D), tile {TILE}")  # fmt: skip
+            "bytes", f"engine_scratch(): O(N + n D), tile {tile_of(sizes, L)}")  # fmt: skip
         if dev.type == "cuda":  # what the model predicts, measured (D = 3584 bf16 lift)
             g = torch.Generator().manual_seed(0)
             q, _ = torch.linalg.qr(torch.randn(D_MODEL, x.shape[1], generator=g,
@@ -491,8 +504,9 @@ def main(argv=None) -> int:
         print(f"prune counted with engine {engine}", flush=True)
     print(f"\n{cond['device']}, {shape} {'synthetic' if args.dry_run else 'real'} tokens, keep "
           f"{keep:.0%}, window {L}; model: HBM {HBM_TBS} TB/s, MMA {TC_TFLOPS} TFLOP/s, "
-          f"barrier {BARRIER_US} us, phase W {WINDOW_US} us + {MERGE_US} us per tile of "
-          f"{TILE}, scan {SCAN_US} us per 1024 entries, launch {LAUNCH_US} us, eager op "
+          f"barrier {BARRIER_US} us, phase W {WINDOW_US} us + {MERGE_US} us per sort of "
+          f"{MERGE_KEYS} candidate keys (tiles: about one per SM of {N_SM}, at most {TILE}), "
+          f"scan {SCAN_US} us per 1024 entries, launch {LAUNCH_US} us, eager op "
           f"{EAGER_US} us\n")  # fmt: skip
     print("| what | engine | value | unit | note |")
     print("|---|---|---:|---|---|")

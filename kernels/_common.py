@@ -52,15 +52,17 @@ DEFAULT_WINDOW = 64
 
 # Greedy engine of the max-min loops: "blocks" (per-segment similarity blocks, then the windowed
 # or step loops of _maxmin.py / the launchers) or "rows" (_engine.py: no block, distances
-# recomputed on the fly by tensor-core dots, many programs per segment). Same outputs.
-# "blocks" until a GPU run has measured the row engine (docs/kernels.md); callers choose per call
-# (the routing layer's knob ``greedy_engine``).
-ENGINES = ("blocks", "rows")
-DEFAULT_ENGINE = "blocks"
+# recomputed on the fly by tensor-core dots, many programs per segment). Same outputs. "auto"
+# (the default): "rows" for a call whose largest segment's block would exceed the block budget
+# (where the blocks cannot be bounded by splitting the batch), else "blocks", until a GPU run
+# has measured both engines (docs/kernels.md); callers choose per call (the routing layer's
+# knob ``greedy_engine``).
+ENGINES = ("auto", "blocks", "rows")
+DEFAULT_ENGINE = "auto"
 
 
 def check_engine(e: Optional[str]) -> str:
-    """The greedy engine to use: ``e``, else ``DEFAULT_ENGINE``."""
+    """The greedy engine asked for: ``e``, else ``DEFAULT_ENGINE`` (possibly ``"auto"``)."""
     if e is None:
         e = DEFAULT_ENGINE
     if e not in ENGINES:
@@ -68,10 +70,43 @@ def check_engine(e: Optional[str]) -> str:
     return e
 
 
-def engine_tile(block: Optional[int], window: int) -> int:
-    """Entries per tile of the row engine: ``block`` (tests) or the config, a multiple of the
-    window."""
-    te = cfg("engine_tile") if block is None else int(block)
+def pick_engine(e: Optional[str], sizes: Sequence[int], budget_mb: Optional[float]) -> str:
+    """``"blocks"`` or ``"rows"`` for a call over segments of ``sizes`` entries: ``e`` (checked),
+    and for ``"auto"`` the row engine exactly when the largest segment's ``m x m`` fp32 block
+    exceeds ``budget_mb`` (``block_groups`` can bound a batch's blocks, not one segment's)."""
+    e = check_engine(e)
+    if e != "auto":
+        return e
+    big = max(sizes, default=0)
+    return "rows" if 4 * big * big > budget_bytes(budget_mb) else "blocks"
+
+
+def budget_bytes(budget_mb: Optional[float]) -> int:
+    """``budget_mb`` MiB (``DEFAULT_BLOCK_BUDGET_MB`` for None) in bytes, checked."""
+    mb = DEFAULT_BLOCK_BUDGET_MB if budget_mb is None else float(budget_mb)
+    if not 0 <= mb < float("inf"):
+        raise ValueError(f"block_budget_mb must be a finite number >= 0, got {budget_mb!r}")
+    return int(mb * 2**20)
+
+
+def engine_tile(
+    block: Optional[int],
+    window: int,
+    sizes: Sequence[int] = (),
+    device: Optional[torch.device] = None,
+) -> int:
+    """Entries per tile of the row engine, a multiple of the window: ``block`` (tests), else on
+    a GPU the smallest multiple of the window that cuts the ``sizes`` entries into at most
+    about one tile per SM (so phase T spreads over the SMs: 128 for the 9216-entry pool of
+    16 x 576 on 132 SMs, 72 tiles), capped by the config (512); the config's under the
+    interpreter."""
+    if block is not None:
+        te = int(block)
+    else:
+        te = cfg("engine_tile")
+        if device is not None and device.type == "cuda" and not INTERPRET:
+            n_sm = torch.cuda.get_device_properties(device).multi_processor_count
+            te = min(te, window * cdiv(max(sum(sizes), 1), n_sm * window))
     return max(window, cdiv(te, window) * window)
 
 
@@ -101,10 +136,7 @@ def block_groups(sizes: Sequence[int], budget_mb: Optional[float]) -> list[tuple
     The greedy launchers run one group after the other: the same results (segments are
     independent), with the scratch of a batch bounded by the budget or its largest block.
     """
-    mb = DEFAULT_BLOCK_BUDGET_MB if budget_mb is None else float(budget_mb)
-    if not 0 <= mb < float("inf"):
-        raise ValueError(f"block_budget_mb must be a finite number >= 0, got {budget_mb!r}")
-    cap = int(mb * 2**20)
+    cap = budget_bytes(budget_mb)
     groups, a, total = [], 0, 0
     for i, m in enumerate(sizes):
         need = 4 * m * m
@@ -146,9 +178,13 @@ CONFIGS = {
     # Chunk of the windowed max-min engine's passes over its running distances (per-lane
     # partials, one block reduction per pass); with 8 warps, no spills for sm_90.
     "window_chunk": (2048, 8192),
-    # Row engine (_engine.py): entries per tile (one program's slice of the running distances;
-    # its best L come from merges of 2L keys).
+    # Row engine (_engine.py): the most entries per tile (one program's slice of the running
+    # distances; its best L come from merges of 2L keys); on a GPU fewer, so that the tiles
+    # spread over the SMs (engine_tile).
     "engine_tile": (512, 64),
+    # Row engine, phase W: keys per sort when merging the tiles' candidates into the window
+    # (rows of L keys: the running best and rows - 1 tiles' candidates per sort).
+    "engine_merge": (1024, 64),
     # Row tiles of the one-pass budget kernel: 64 rows x 64 columns per load, 8 warps.
     "rows_tile": (64, 64),
     "budget_cols": (64, 128),
@@ -242,6 +278,16 @@ def pack(parts: Sequence[Sequence[int]], device: torch.device) -> list[torch.Ten
             flat.append(0)
     dev = upload(flat if flat else [0], device)
     return [dev[a : a + len(p)] for a, p in zip(starts, parts)]
+
+
+def group_ids(offsets: Sequence[int], device: torch.device) -> torch.Tensor:
+    """``[offsets[-1] - offsets[0]]`` int64 on ``device``: the segment of every position, for
+    host ``offsets``; built on the device from one pinned upload of the sizes (no sync)."""
+    sizes = [b - a for a, b in zip(offsets, offsets[1:])]
+    (sz,) = pack([sizes], device)
+    return torch.repeat_interleave(
+        torch.arange(len(sizes), device=device), sz, output_size=sum(sizes)
+    )
 
 
 def tile_cum(sizes: Sequence[int], tile: int, square: bool = False) -> list[int]:

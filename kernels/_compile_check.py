@@ -211,8 +211,8 @@ def variants():
                                    "bar_ptr": "*i32", "D": "i32", "stride_x": "i32"},
                 {"RANK": rank, "GATHER": not rank, "GROUPS": not rank, "STATS": False,
                  "SKETCH": not rank, "DP": 32, "TE": te, "L": window, "BK": 32, "BLOCK_N": 32,
-                 "PREC": "tf32"},
-                {"num_warps": _engine.engine_warps(window)},
+                 "PREC": "tf32", "MF": _engine.merge_rows(window)},
+                {"num_warps": _engine.engine_warps(window), "launch_cooperative_grid": True},
             ))  # fmt: skip
         out.append((
             f"engine_tiles[TE={te},L={window}]",
@@ -223,6 +223,16 @@ def variants():
              "PREC": "tf32"},
             {"num_warps": _engine.engine_warps(window)},
         ))  # fmt: skip
+    win = {k: v for k, v in eng.items() if k not in (
+        "n_tiles", "lst_ptr", "loff_ptr", "lcnt_ptr", "shift_ptr")}  # fmt: skip
+    out.append((
+        "engine_window[L=64]",  # the phases-per-launch path (a refused cooperative launch)
+        _engine._window_kernel,
+        win | outs | {"stat_ptr": "*i64", "D": "i32", "stride_x": "i32"},
+        {"RANK": False, "GATHER": True, "GROUPS": True, "STATS": False, "L": 64, "BK": 32,
+         "PREC": "tf32", "MF": _engine.merge_rows(64)},
+        {"num_warps": _engine.engine_warps(64)},
+    ))  # fmt: skip
     out.append((
         "pareto_rank",
         pareto_select._pareto_rank_kernel,

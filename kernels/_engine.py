@@ -18,7 +18,9 @@ repeatedly picks by the **band rule**: the lowest index among the unpicked entri
   keys, value then lower index) and its ``(L+1)``-th best (``nxt``). Sub-tiles without a live
   entry, or (groups) sharing no group with the picks, are skipped.
 - Phase W, one program per unfinished segment: merge the candidates of its tiles into the
-  segment's ``L`` best (the window ``W``; running merges of ``2L`` keys by ``tl.sort``) and the
+  segment's ``L`` best (the window ``W``; ``tl.sort`` of ``MF x L`` keys, the running best
+  and ``MF - 1`` tiles' candidates at a time, so a segment of ``T`` tiles takes
+  ``ceil(T / (MF - 1))`` sorts in sequence) and the
   bound ``b`` = the best key outside ``W``: the best evicted candidate or any tile's ``nxt``.
   Every entry outside ``W`` has a key ``<= b`` (a tile's non-candidates lie below its ``nxt``).
   Then the ``L x L`` distance tile ``W x W`` (the same helper, so the same values as phase T
@@ -230,7 +232,7 @@ def _phase_window(
     out_ptr, gain_ptr, obase_ptr, vbase_ptr, stat_ptr,
     D, stride_x,
     RANK: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr, STATS: tl.constexpr,
-    L: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+    L: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, MF: tl.constexpr,
 ):  # fmt: skip
     """Phase W over segments ``i_p, i_p + n_p, ...``: the round's exact picks."""
     ow = tl.arange(0, L)
@@ -242,9 +244,23 @@ def _phase_window(
             a = tl.load(off_ptr + g)
             top = tl.full((L,), NEG, tl.int64)
             bound = tl.full((), NEG, tl.int64)
-            for t in range(tl.load(tcum_ptr + g), tl.load(tcum_ptr + g + 1)):
-                top, dropped = _merge(top, tl.load(cand_ptr + t * L + ow), L)
-                bound = tl.maximum(bound, tl.maximum(dropped, tl.load(nxt_ptr + t)))
+            # the window: the L best of the tiles' candidates, MF - 1 tiles per sort of MF x L
+            # keys (row 0 holds the running best; a descending sort viewed as [MF, L] has its
+            # L best in row 0, the column maxima, and the best dropped key in the other rows)
+            t_lo = tl.load(tcum_ptr + g)
+            t_hi = tl.load(tcum_ptr + g + 1)
+            o_r = tl.arange(0, MF)
+            for t0 in range(t_lo, t_hi, MF - 1):
+                t_r = t0 + o_r - 1  # [MF] the tile of every row (row 0: the running best)
+                m_r = (o_r > 0) & (t_r < t_hi)
+                ck = tl.load(cand_ptr + t_r[:, None] * L + ow[None, :], mask=m_r[:, None],
+                             other=NEG)  # fmt: skip
+                ck = tl.where(o_r[:, None] == 0, top[None, :], ck)
+                srt = tl.reshape(tl.sort(tl.reshape(ck, (MF * L,)), descending=True), (MF, L))
+                top = tl.max(srt, axis=0)
+                dropped = tl.max(tl.max(tl.where(o_r[:, None] > 0, srt, NEG), axis=1), axis=0)
+                nx = tl.max(tl.load(nxt_ptr + t_r, mask=m_r, other=NEG), axis=0)
+                bound = tl.maximum(bound, tl.maximum(dropped, nx))
             m_w = top != NEG
             w_i = tl.where(m_w, _unpack_index(top), 0)  # [L] local entries, greedy order
             loc = tl.load(acc_ptr + a + w_i, mask=m_w, other=float("-inf"))
@@ -363,14 +379,14 @@ def _window_kernel(
     out_ptr, gain_ptr, obase_ptr, vbase_ptr, stat_ptr,
     D, stride_x,
     RANK: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr, STATS: tl.constexpr,
-    L: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
+    L: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, MF: tl.constexpr,
 ):  # fmt: skip
     _phase_window(
         tl.program_id(0), tl.num_programs(0),
         x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
         sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
         out_ptr, gain_ptr, obase_ptr, vbase_ptr, stat_ptr, D, stride_x,
-        RANK, GATHER, GROUPS, STATS, L, BK, PREC,
+        RANK, GATHER, GROUPS, STATS, L, BK, PREC, MF,
     )  # fmt: skip
 
 
@@ -385,7 +401,7 @@ def _engine_persistent_kernel(
     RANK: tl.constexpr, GATHER: tl.constexpr, GROUPS: tl.constexpr, STATS: tl.constexpr,
     SKETCH: tl.constexpr, DP: tl.constexpr,
     TE: tl.constexpr, L: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, MF: tl.constexpr,
 ):  # fmt: skip
     """The whole engine in one launch: grid <= SMs, phases separated by ``_grid_barrier``.
     Data written by other programs (``cand``, ``acc``, ``sel``...) is read only after a barrier
@@ -409,7 +425,7 @@ def _engine_persistent_kernel(
             i_p, n_p, x_ptr, rows_ptr, gid_ptr, inv_ptr, acc_ptr, off_ptr, tcum_ptr, n_seg,
             sel_ptr, nsel_ptr, steps_ptr, done_ptr, cand_ptr, nxt_ptr,
             out_ptr, gain_ptr, obase_ptr, vbase_ptr, wstat_ptr, D, stride_x,
-            RANK, GATHER, GROUPS, STATS, L, BK, PREC,
+            RANK, GATHER, GROUPS, STATS, L, BK, PREC, MF,
         )  # fmt: skip
         epoch += 1
         _grid_barrier(bar_ptr, n_p, epoch)
@@ -449,6 +465,32 @@ def sketch(x, rows, inv, Q: int, dp: int, chunk: int = 1024):
     return p, r
 
 
+_NO_COOPERATIVE = False
+
+
+def _cooperative_refused(err: Exception) -> None:
+    """Remember (for this process) that the persistent launch was refused, with one warning."""
+    import warnings
+
+    global _NO_COOPERATIVE
+    _NO_COOPERATIVE = True
+    warnings.warn(
+        f"adaptive_prune: the row engine's cooperative launch was refused ({err}); it runs one "
+        "launch per phase (one host read per round) from now on in this process",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def merge_rows(window: int, merge: Optional[int] = None) -> int:
+    """Rows of phase W's merge sort (``merge`` keys per sort, or the config's): a power of two
+    ``>= 2``; each sort takes ``rows - 1`` tiles' candidates and the running best."""
+    from ._common import cfg, next_pow2
+
+    keys = cfg("engine_merge") if merge is None else int(merge)
+    return max(2, next_pow2(max(keys, 1)) // int(window))
+
+
 def engine_warps(window: int) -> int:
     """Warps per program on a GPU (window 32 with 8 warps spilled registers on sm_90)."""
     return 4 if window <= 32 else 8
@@ -469,6 +511,7 @@ def run_engine(
     gid: Optional[torch.Tensor] = None,
     plan_only: bool = False,
     sketch_dim: int = 0,
+    merge: Optional[int] = None,
 ):
     """Run the engine over segments with host offsets ``seg``; returns ``acc`` (final running
     distances). ``state``: device tensors prepared by the caller's prologue, all ``[n]`` int64
@@ -486,6 +529,7 @@ def run_engine(
     ``sketch_dim`` (0: off; 16 or 32): phase T tests the sketch bound (:func:`sketch`) before
     each distance tile and skips the tiles it proves cannot lower a live entry: the same
     results bit for bit; ``stats["tile_skipped"]`` counts the skipped (entry, pick) pairs.
+    ``merge``: keys per sort of phase W's merge (tests; default the config's).
     """
     from ._common import INTERPRET, dot_precision, next_pow2, pack
 
@@ -520,6 +564,7 @@ def run_engine(
                 cand, nxt, s["out"], s["gain"], s["obase"], s["vbase"])  # fmt: skip
     kw = dict(GATHER=gather, GROUPS=gid is not None, STATS=stats is not None, L=L, BK=BK,
               PREC=prec)  # fmt: skip
+    mf = merge_rows(L, merge)
     DP = int(sketch_dim)
     if DP and (DP < 16 or DP & (DP - 1)):
         raise ValueError(f"sketch_dim must be 0 or a power of two >= 16, got {sketch_dim}")
@@ -534,14 +579,17 @@ def run_engine(
     if T == 0 or n == 0:
         return (acc, lambda: None) if plan_only else acc
     if persistent is None:
-        persistent = dev.type == "cuda" and not INTERPRET
+        persistent = dev.type == "cuda" and not INTERPRET and not _NO_COOPERATIVE
     with set_device(dev):
         if persistent:
             # every program must be resident for the barrier: at most one per SM (one program
-            # under the interpreter, where the barrier then never waits: tests run this path)
+            # under the interpreter, where the barrier then never waits: tests run this path),
+            # launched cooperatively on a GPU, so the driver refuses a grid that cannot be
+            # resident at once instead of letting the barrier wait forever
             n_sm = 1 if INTERPRET else torch.cuda.get_device_properties(dev).multi_processor_count
             grid = min(T, n_sm)
             bar = torch.zeros(1, dtype=torch.int32, device=dev)
+            coop = {} if INTERPRET else {"launch_cooperative_grid": True}
 
             def launch():
                 # everything the loop mutates starts afresh: one launch (and its memsets) with
@@ -552,19 +600,27 @@ def run_engine(
                     _engine_persistent_kernel[(grid,)](
                         *tile_args, s["out"], s["gain"], s["obase"], s["vbase"], tstat, wstat,
                         bar, sk, rr, margin, D, x.stride(0), RANK=rank, TE=TE, BLOCK_N=BLOCK_N,
-                        num_warps=engine_warps(L), **kw, **skw,
+                        MF=mf, num_warps=engine_warps(L), **kw, **skw, **coop,
                     )  # fmt: skip
 
             if plan_only:
                 return acc, launch
-            launch()
-            launches = 1
-        else:
+            try:
+                launch()
+                launches = 1
+            except RuntimeError as e:
+                if INTERPRET or "COOPERATIVE" not in str(e).upper():
+                    raise
+                # the driver refused the cooperative grid (e.g. other work holds the SMs under
+                # MPS): the same rounds, one launch per phase, from here on
+                _cooperative_refused(e)
+                persistent = False
+        if not persistent:
             _tiles_kernel[(T,)](*tile_args, tstat, sk, rr, margin, D, x.stride(0), INIT=True,
                                 CAND=True, TE=TE, BLOCK_N=BLOCK_N, **kw, **skw)  # fmt: skip
             launches += 1
             while bool((s["done"][:n] < s["steps"][:n]).any()):  # a host read per round
-                _window_kernel[(n,)](*win_args, wstat, D, x.stride(0), RANK=rank, **kw)
+                _window_kernel[(n,)](*win_args, wstat, D, x.stride(0), RANK=rank, MF=mf, **kw)
                 _tiles_kernel[(T,)](*tile_args, tstat, sk, rr, margin, D, x.stride(0),
                                     INIT=False, CAND=True, TE=TE, BLOCK_N=BLOCK_N, **kw,
                                     **skw)  # fmt: skip

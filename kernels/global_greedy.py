@@ -13,8 +13,8 @@ Request ``r`` owns pool positions ``off[r]:off[r+1]`` (``K_r`` rows ``pool[...]`
 Shapes: ``vision [N, D]``, ``pool [K]`` int64, ``pool_offsets [R+1]``, ``reserved [K]`` bool;
 outputs ``order [sum P]`` int64 (global pool positions), ``gains [sum P]`` fp32 and ``dist [K]``
 fp32 (every pool position's distance to the nearest chain entry of its request in its own group,
-``0`` on the chain, ``+inf`` where the group has none; computed with torch after the chain, see
-``_chain_dist``).
+``0`` on the chain, ``+inf`` where the group has none: the row engine's final running minima,
+else computed with torch after the chain, see ``_chain_dist``).
 Reference: :func:`adaptive_prune.reference.global_greedy`.
 
 Launches: the request's ``K_r x K_r`` similarity block (``token_similarity.similarity_blocks``
@@ -38,16 +38,17 @@ from ._common import (
     band_first,
     block_groups,
     cfg,
-    check_engine,
     check_window,
     empty,
     engine_tile,
     first_at_least,
     greedy_warps,
+    group_ids,
     host_ints,
     kernel_input,
     next_pow2,
     pack,
+    pick_engine,
     set_device,
     sizes_of,
 )
@@ -230,7 +231,7 @@ def _rows_prologue_kernel(
     ooff_ptr,  # [R+1] int64 output offsets
     order_ptr,  # [sum P] int64 out: the reserved positions first
     gain_ptr,  # [sum P] fp32 out
-    lcnt_ptr,  # [R] int64 out: reserved rows the engine applies first (0 without steps)
+    lcnt_ptr,  # [R] int64 out: reserved rows the engine applies first
     steps_ptr,  # [R] int64 out: greedy picks after the reserved ones
     obase_ptr,  # [R] int64 out: output slot of the first greedy pick
     BLOCK: tl.constexpr,
@@ -244,7 +245,7 @@ def _rows_prologue_kernel(
     o0 = tl.load(ooff_ptr + i_r)
     n_res = _reserved_first(res_ptr, a, K, P, order_ptr + o0, gain_ptr + o0, BLOCK)
     steps = tl.maximum(tl.minimum(P, K) - n_res, 0)
-    tl.store(lcnt_ptr + i_r, tl.where(steps > 0, n_res, 0))
+    tl.store(lcnt_ptr + i_r, n_res)  # applied even without steps: the final distances need them
     tl.store(steps_ptr + i_r, steps)
     tl.store(obase_ptr + i_r, o0 + n_res)
 
@@ -271,17 +272,16 @@ def _rows_engine(vision, po, go, pool, reserved, picks, ooff, eps, window, block
     state = dict(lst=order, loff=ooff_d, lcnt=lcnt, shift=off_d, steps=steps, done=done,
                  out=order, gain=gains, obase=obase, vbase=off_d)  # fmt: skip
     info = {} if stats is not None else None
-    te = engine_tile(block, window)
+    te = engine_tile(block, window, sizes_of(po), dev)
     gid = None
     if go != po:
-        sizes = torch.tensor([b - a for a, b in zip(go, go[1:])])
-        gid = torch.repeat_interleave(torch.arange(len(go) - 1), sizes).to(dev)
+        gid = group_ids(go, dev)
     if plan_only:  # tests: the prologue has run; the engine's one launch, to capture
         _, launch = run_engine(x, pool, inv, po, state, rank=False, window=window, tile=te,
                                persistent=True, gid=gid, plan_only=True,
                                sketch_dim=sketch_dim)  # fmt: skip
         return order, gains, launch
-    run_engine(x, pool, inv, po, state, rank=False, window=window, tile=te, stats=info,
+    acc = run_engine(x, pool, inv, po, state, rank=False, window=window, tile=te, stats=info,
                      persistent=persistent, gid=gid, sketch_dim=sketch_dim)  # fmt: skip
     if stats is not None:
         from .greedy_select import _per_segment
@@ -293,23 +293,25 @@ def _rows_engine(vision, po, go, pool, reserved, picks, ooff, eps, window, block
             stats[:, 2] = info["scans"]
         if stats.shape[1] > 3:  # (entry, pick) pairs the sketch bound skipped
             stats[:, 3] = _per_segment(info, po, te, "tile_skipped")
-    return order, gains
+    # every entry's final running minimum: -inf on the chain (0 there), +inf where its group
+    # has no chain entry
+    dist = acc[:Q].masked_fill(acc[:Q] == float("-inf"), 0.0)
+    return order, gains, dist
 
 
 def _chain_dist(vision, pool, po, go, order, ooff, eps) -> torch.Tensor:
     """``dist [K]`` fp32 from the chain ``order``: per request, ``1 - x̂_i . x̂_j`` of its pool
     rows to its chain entries (``+inf`` across groups), the minimum over the entries, ``0`` on
     the chain, ``+inf`` where the group has no entry. One ``K_r x P_r`` product per request
-    (torch; the engines' running minima stop before the last pick and skip requests without
-    greedy steps)."""
+    (torch), for the block engines, whose running minima stop before the last pick and skip
+    requests without greedy steps (the row engine returns its own)."""
     dev = vision.device
     K = po[-1]
     dist = torch.full((K,), float("inf"), dtype=torch.float32, device=dev)
     if K == 0:
         return dist
     pool = pool.to(device=dev, dtype=torch.int64)
-    sizes = torch.tensor([b - a for a, b in zip(go, go[1:])])
-    gid = torch.repeat_interleave(torch.arange(len(go) - 1), sizes).to(dev)
+    gid = group_ids(go, dev)
     for r in range(len(po) - 1):
         a, e, o0, o1 = po[r], po[r + 1], ooff[r], ooff[r + 1]
         if o1 == o0 or e == a:
@@ -349,18 +351,18 @@ def global_greedy_fwd(
     engine (default ``DEFAULT_WINDOW``, 64; 0 = one pick per step). Same outputs either way.
     ``stats``: an ``[R, 2]`` int64 device tensor that receives every request's rounds and passes
     over its distances (windowed engine only; benchmarks).
-    ``group_offsets`` (host or device, every pool offset among them): tokens of different
-    groups never cover each other; their similarity entries are set to ``-inf`` (distance
-    ``+inf``) in the pool blocks, so the kernels run unchanged. The blocks stay ``K_r x K_r``
-    (the work is not yet bounded by the groups). ``engine``: ``"blocks"`` (default) or
-    ``"rows"`` (``_engine.py``: no pool block, groups served by ``+inf`` distances across
-    them; needs a window, else the blocks run; ``stats`` then receives rounds and the
-    (entry, pick) distances computed; ``persistent``: force the one-launch loop on or off,
-    default on a GPU; ``sketch_dim``: 0 (off), 16 or 32, the row engine's sketch bound, same
-    results; ``stats`` may have a third column (fallback-scan rounds) and a fourth (pairs the
-    sketch bound skipped)).
+    ``group_offsets`` (host or device, every pool offset among them): tokens of different groups
+    never cover each other; their similarity entries are set to ``-inf`` (distance ``+inf``) in the
+    pool blocks, so the kernels run unchanged. The blocks stay ``K_r x K_r`` (the work is not yet
+    bounded by the groups). ``engine``: ``"auto"`` (default: ``"rows"`` when the largest request's
+    pool block exceeds ``block_budget_mb``, else ``"blocks"``), ``"blocks"`` or ``"rows"``
+    (``_engine.py``: no pool block, groups served by ``+inf`` distances across them; needs a window,
+    else the blocks run; ``stats`` then receives rounds and the (entry, pick) distances computed;
+    ``persistent``: force the one-launch loop on or off, default on a GPU; ``sketch_dim``: 0 (off),
+    16 or 32, the row engine's sketch bound, same results; ``stats`` may have a third column
+    (fallback-scan rounds) and a fourth (pairs the sketch bound skipped)).
     """
-    order, gains = _chain_fwd(
+    order, gains, dist = _chain_fwd(
         vision,
         pool,
         pool_offsets,
@@ -376,6 +378,8 @@ def global_greedy_fwd(
         persistent=persistent,
         sketch_dim=sketch_dim,
     )
+    if dist is not None:  # the row engine's running minima
+        return order, gains, dist
     po = host_ints(pool_offsets)
     go = host_ints(group_offsets) if group_offsets is not None else list(po)
     ooff = [0]
@@ -400,8 +404,9 @@ def _chain_fwd(
     engine: Optional[str] = None,
     persistent: Optional[bool] = None,
     sketch_dim: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The chain (order and gains) of ``global_greedy_fwd``."""
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """The chain (order and gains) of ``global_greedy_fwd``, and ``dist`` where the row engine
+    ran (else ``None``)."""
     dev = vision.device
     po = host_ints(pool_offsets)
     go = host_ints(group_offsets) if group_offsets is not None else list(po)
@@ -417,19 +422,19 @@ def _chain_fwd(
     order = empty(total, torch.int64, dev)
     gains = empty(total, torch.float32, dev)
     if total == 0:
-        return order, gains
+        return order, gains, None
     ooff = [0]
     for p in picks:
         ooff.append(ooff[-1] + p)
     window = check_window(window)
-    if check_engine(engine) == "rows" and window:
+    if pick_engine(engine, sizes, block_budget_mb) == "rows" and window:
         return _rows_engine(vision, po, go, pool, reserved, picks, ooff, eps, window, block, stats,
                             order, gains, persistent, sketch_dim=sketch_dim)  # fmt: skip
     groups = block_groups(sizes, block_budget_mb)
     if len(groups) > 1:  # the pool blocks of all requests exceed the budget: a group at a time
         for a, b in groups:
             p0, p1 = po[a], po[b]
-            o_g, g_g = _chain_fwd(
+            o_g, g_g, _ = _chain_fwd(
                 vision,
                 pool[p0:p1],
                 torch.tensor([p - p0 for p in po[a : b + 1]], dtype=torch.int64),
@@ -441,10 +446,11 @@ def _chain_fwd(
                 window=window,
                 block_budget_mb=block_budget_mb,
                 stats=stats[a:b] if stats is not None else None,
+                engine="blocks",
             )
             order[ooff[a] : ooff[b]] = o_g + p0  # the group's pool positions -> the batch's
             gains[ooff[a] : ooff[b]] = g_g
-        return order, gains
+        return order, gains, None
     pool = pool.to(device=dev, dtype=torch.int64).contiguous()
     S, base_d, bases = similarity_blocks(
         vision, po, eps, rows=pool, what="stage-2 pool similarity blocks"
@@ -452,10 +458,7 @@ def _chain_fwd(
     for r in range(R):  # groups: no similarity across them
         gl = sorted({g - po[r] for g in go if po[r] <= g <= po[r + 1]})
         if len(gl) > 2:
-            ids = torch.repeat_interleave(
-                torch.arange(len(gl) - 1, device=dev),
-                torch.tensor([gl[i + 1] - gl[i] for i in range(len(gl) - 1)], device=dev),
-            )
+            ids = group_ids(gl, dev)
             blk = S[bases[r] : bases[r] + sizes[r] ** 2].view(sizes[r], sizes[r])
             blk.masked_fill_(ids[:, None] != ids[None, :], float("-inf"))
     off_d, picks_d, ooff_d = pack([po, picks, ooff], dev)
@@ -493,7 +496,7 @@ def _chain_fwd(
                 STATS=stats is not None,
                 num_warps=greedy_warps(block),
             )
-        return order, gains
+        return order, gains, None
     acc = empty((po[-1] if not single else 1,), torch.float32, dev)
     with set_device(dev):
         _global_greedy_kernel[(R,)](
@@ -510,7 +513,7 @@ def _chain_fwd(
             BLOCK=block,
             num_warps=greedy_warps(block),
         )
-    return order, gains
+    return order, gains, None
 
 
 __all__ = ["global_greedy_fwd"]

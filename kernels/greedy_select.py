@@ -36,7 +36,6 @@ from ._common import (
     block_groups,
     cdiv,
     cfg,
-    check_engine,
     check_window,
     empty,
     engine_tile,
@@ -46,6 +45,7 @@ from ._common import (
     kernel_input,
     next_pow2,
     pack,
+    pick_engine,
     set_device,
     sizes_of,
     upload,
@@ -335,17 +335,17 @@ def _rows_engine(vision, cu, budgets, eps, window, block, stats, dist, persisten
     state = dict(lst=lst, loff=loff, lcnt=lcnt, shift=shift, steps=steps, done=done,
                  out=rank, gain=inv, obase=cu_d, vbase=torch.ones_like(lst))  # fmt: skip
     info = {} if stats is not None else None
-    te = engine_tile(block, window)
+    te = engine_tile(block, window, sizes_of(cu), dev)
     acc = run_engine(x, None, inv, cu, state, rank=True, window=window, tile=te, stats=info,
                      persistent=persistent, sketch_dim=sketch_dim)  # fmt: skip
     if stats is not None:
         stats.zero_()
         stats[:, 0] = info.get("rounds", torch.zeros(n, dtype=torch.int64, device=dev))
-        stats[:, 1] = _per_segment(info, cu, engine_tile(block, window))
+        stats[:, 1] = _per_segment(info, cu, te)
         if stats.shape[1] > 2 and "scans" in info:  # rounds that picked by the fallback scan
             stats[:, 2] = info["scans"]
         if stats.shape[1] > 3:  # (entry, pick) pairs the sketch bound skipped
-            stats[:, 3] = _per_segment(info, cu, engine_tile(block, window), "tile_skipped")
+            stats[:, 3] = _per_segment(info, cu, te, "tile_skipped")
     if dist is not None:
         dist.copy_(acc[:N])
     return rank
@@ -385,27 +385,27 @@ def greedy_select_fwd(
     ``block`` forces the lane count per program (tests use a small one to run the chunked path).
     ``window``: picks per round of the max-min engine (default ``DEFAULT_WINDOW``, 64; 0 = one
     pick per step). Max-sum always runs one pick per step. ``stats``: an ``[n, 2]`` int64 device
-    tensor that receives every image's rounds and passes over its distances (windowed engine
-    only; benchmarks). ``engine``: ``"blocks"`` (default) or ``"rows"`` (``_engine.py``: no
-    similarity block; max-min only, with a window; ``stats`` then receives rounds and the
-    (entry, pick) distances computed, a third column the rounds picked by the fallback scan, a
-    fourth the pairs the sketch bound skipped; ``dist [N]`` fp32, if given, every unpicked
-    token's final running distance, ``-inf`` for picks; ``persistent``: force the one-launch
-    loop on or off, default on a GPU; ``sketch_dim``: 0 (off), 16 or 32, the row engine's
-    sketch bound, same results).
+    tensor that receives every image's rounds and passes over its distances (windowed engine only;
+    benchmarks). ``engine``: ``"auto"`` (default: ``"rows"`` when the largest image's block exceeds
+    ``block_budget_mb``, else ``"blocks"``), ``"blocks"`` or ``"rows"`` (``_engine.py``: no
+    similarity block; max-min only, with a window; ``stats`` then receives rounds and the (entry,
+    pick) distances computed, a third column the rounds picked by the fallback scan, a fourth the
+    pairs the sketch bound skipped; ``dist [N]`` fp32, if given, every unpicked token's final
+    running distance, ``-inf`` for picks; ``persistent``: force the one-launch loop on or off,
+    default on a GPU; ``sketch_dim``: 0 (off), 16 or 32, the row engine's sketch bound, same
+    results).
     """
     if mode not in ("maxmin", "maxsum"):
         raise ValueError(f"mode must be 'maxmin' or 'maxsum', got {mode!r}")
-    engine = check_engine(engine)
+    cu = host_ints(cu_seqlens)
+    engine = pick_engine(engine, sizes_of(cu), block_budget_mb)
     if engine == "rows" and mode == "maxmin" and check_window(window) and vision.shape[0]:
-        cu = host_ints(cu_seqlens)
         if len(cu) > 1:
             w = check_window(window)
             return _rows_engine(vision, cu, budgets, eps, w, block, stats, dist, persistent,
                                 sketch_dim)  # fmt: skip
     dev = vision.device
     N = vision.shape[0]
-    cu = host_ints(cu_seqlens)
     rank = empty(N, torch.int64, dev)
     n = len(cu) - 1
     if N == 0 or n == 0:
@@ -423,6 +423,7 @@ def greedy_select_fwd(
                 window=window,
                 block_budget_mb=block_budget_mb,
                 stats=stats[a:b] if stats is not None else None,
+                engine="blocks",
             )
         return rank
     S, base_d, _ = similarity_blocks(vision, cu, eps, what="stage-1 per-image similarity blocks")

@@ -38,6 +38,7 @@ from ._common import (
     cfg,
     dot_precision,
     empty,
+    group_ids,
     host_ints,
     kernel_input,
     next_pow2,
@@ -155,10 +156,8 @@ def refine_medoids_fwd(
     BM = cfg("rows_tile")
     cum = tile_cum(sizes, BM)
     seg_d, cum_d = pack([go, cum], dev)
-    gid = torch.repeat_interleave(
-        torch.arange(n_seg, device=dev), torch.tensor(sizes, device=dev), output_size=K
-    )  # [K] group of every pool position
-    size_g = torch.tensor(sizes, dtype=torch.int64, device=dev)
+    gid = group_ids(go, dev)  # [K] group of every pool position
+    (size_g,) = pack([sizes], dev)
     inv = row_inv_norms(x, K, eps, rows)
     xh = x[rows].float() * inv[:, None]  # [K, D] unit rows, fp32
     pos = torch.arange(K, device=dev)

@@ -241,8 +241,10 @@ def test_windowed_greedy_equals_step_loop_across_scales(device):
 
 @pytest.mark.parametrize("window", [0, 16])
 def test_greedy_launchers_split_batches_over_the_block_budget(device, monkeypatch, window):
-    """``block_budget_mb`` bounds the similarity blocks of one launch: the segments
-    run in consecutive groups (a segment over the budget alone), with the same output."""
+    """``block_budget_mb`` bounds the similarity blocks of one launch of the block engine: the
+    segments run in consecutive groups (a segment over the budget alone), with the same output.
+    (The default engine, ``"auto"``, would take the row engine for a segment over the budget:
+    tests/test_triton_engine.py.)"""
     x, _ = tokens([30, 1, 45, 0, 20, 38], device=device)
     cu = torch.tensor([0, 30, 31, 76, 76, 96, 134])
     bud = torch.tensor([7, 1, 20, 0, 5, 38])
@@ -269,15 +271,12 @@ def test_greedy_launchers_split_batches_over_the_block_budget(device, monkeypatc
         monkeypatch.setattr(greedy_select_module, "similarity_blocks", spy)
         monkeypatch.setattr(global_greedy_module, "similarity_blocks", spy)
         calls.clear()
-        got_rank = greedy_select_fwd(
-            x, cu, bud, "maxmin", EPS, window=window, block_budget_mb=float(mb)
-        )
+        kw = dict(window=window, block_budget_mb=float(mb), engine="blocks")
+        got_rank = greedy_select_fwd(x, cu, bud, "maxmin", EPS, **kw)
         assert torch.equal(got_rank, want_rank)
         assert calls == groups["stage 1"], (mb, calls)
         calls.clear()
-        got = global_greedy_fwd(
-            x, pool, po, reserved, picks, EPS, window=window, block_budget_mb=float(mb)
-        )
+        got = global_greedy_fwd(x, pool, po, reserved, picks, EPS, **kw)
         assert all(torch.equal(a, w) for a, w in zip(got, want)) and len(got) == 3
         assert calls == groups["stage 2"], (mb, calls)
     with pytest.raises(ValueError, match="block_budget_mb"):

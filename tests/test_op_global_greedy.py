@@ -161,11 +161,19 @@ def test_tie_free_matches_brute_force(backend, case, dtype):
     check_dist(dist.cpu(), brute_dist(args[0], args[1], args[2].tolist(), None, want_o))
 
 
+ENGINES = [pytest.param(None, id="default"), pytest.param("rows", id="rows")]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_dist_with_groups(backend):
+def test_dist_with_groups(backend, engine):
     """``dist`` in groups: a group the chain never reaches (+inf), a request without picks
     (+inf everywhere), a request whose chain is only its reserved tokens, a request without
-    reserved tokens; the chain entries themselves 0."""
+    reserved tokens; the chain entries themselves 0. ``engine="rows"`` (Triton): the row
+    engine's own final running minima."""
+    if engine is not None and backend not in ("triton", "cuda"):
+        pytest.skip("greedy_engine is a Triton knob")
+    knobs = {"greedy_engine": engine} if engine else {}
     g = torch.Generator().manual_seed(5)
     x = torch.randn(90, 16, generator=g)
     pool = torch.randperm(90, generator=g)[:70]
@@ -177,7 +185,7 @@ def test_dist_with_groups(backend):
     # unreached; request 1: no picks; request 2: its two reserved tokens only; request 3: 6
     picks = [2, 0, 2, 6]
     args = (x, pool, po, reserved, picks, EPS, groups)
-    order, gains, dist = call(backend, OP, args, keep_cpu=(2, 6))
+    order, gains, dist = call(backend, OP, args, keep_cpu=(2, 6), **knobs)
     want_o, want_g, want_d = ref.global_greedy(*args)
     assert torch.equal(order.cpu(), want_o) and order.tolist()[:2] == [2, 10]
     want = brute_dist(x, pool, po.tolist(), groups.tolist(), want_o)

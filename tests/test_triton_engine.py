@@ -24,10 +24,11 @@ import torch
 pytest.importorskip("triton")
 
 from _inputs import MARGIN, TIE_FREE, TIE_HEAVY  # noqa: E402
-from adaptive_prune.kernels._common import check_engine  # noqa: E402
+from adaptive_prune.kernels._common import check_engine, pick_engine  # noqa: E402
 from adaptive_prune.kernels.global_greedy import global_greedy_fwd  # noqa: E402
 from adaptive_prune.kernels.greedy_select import greedy_select_fwd  # noqa: E402
 
+import adaptive_prune  # noqa: E402
 from adaptive_prune.ops import reference as ref  # noqa: E402
 
 pytestmark = pytest.mark.interpreter
@@ -294,6 +295,36 @@ def test_persistent_kernel_matches_reference_and_phase_launches(device):
     assert torch.equal(o, o2) and torch.equal(gains, g2)
 
 
+@pytest.mark.parametrize("ties", [False, True], ids=["gaussian", "exact-ties"])
+def test_window_merge_width_gives_the_same_picks(device, monkeypatch, ties):
+    """Phase W merges its tiles' candidates ``MF - 1`` tiles per sort (``engine_merge`` keys):
+    one tile per sort, three, or all 7 of the segment in one sort give the same picks, gains
+    and final distances (the band oracle's), with ties (where the bound's key decides) and
+    groups; the persistent loop too."""
+    from adaptive_prune.kernels import _common
+
+    x, g = tie_tokens(2, n=150) if ties else gaussian(150)
+    x = x.to(device)
+    pool = torch.randperm(150, generator=g)[:112].to(device)
+    po = torch.tensor([0, 112])  # 7 tiles of 16
+    go = torch.tensor([0, 50, 51, 112])
+    reserved = torch.zeros(112, dtype=torch.bool, device=device)
+    reserved[[5, 70]] = True
+    picks = [40]
+    wo, wg, _ = band_pool(x.cpu(), pool.cpu(), po, reserved.cpu(), picks, go)
+    got = []
+    for keys, persistent in [(32, False), (64, False), (128, True)]:
+        monkeypatch.setitem(_common.CONFIGS, "engine_merge", (keys, keys))
+        kw = dict(window=16, block=16, engine="rows", persistent=persistent)
+        o, gains, dist = global_greedy_fwd(x, pool, po, reserved, picks, EPS, go, **kw)
+        assert torch.equal(o.cpu(), wo), (keys, persistent)
+        torch.testing.assert_close(gains.cpu(), wg, atol=2e-6, rtol=0)
+        got.append((o, gains, dist))
+    for o, gains, dist in got[1:]:
+        assert torch.equal(o, got[0][0]) and torch.equal(gains, got[0][1])
+        assert torch.equal(dist, got[0][2])
+
+
 @pytest.mark.parametrize("case", [c for c in TIE_FREE if c.id != "577"], ids=lambda c: c.id)
 def test_stage2_groups_match_reference(device, case):
     """Groups (tokens of different groups never cover each other; a group without a reserved
@@ -434,9 +465,56 @@ def test_row_engine_launch_replays_in_a_cuda_graph():
 
 
 def test_engine_is_checked():
-    assert check_engine(None) in ("blocks", "rows")
+    assert check_engine(None) == "auto"
     with pytest.raises(ValueError, match="greedy engine"):
         check_engine("fast")
+    # auto: the row engine exactly when the largest segment's m x m fp32 block exceeds the
+    # budget (1 MiB holds a 512 x 512 block)
+    assert pick_engine("auto", [512, 3], 1) == "blocks"
+    assert pick_engine(None, [3, 513], 1) == "rows"
+    assert pick_engine(None, [], 1) == "blocks"
+    assert pick_engine("blocks", [10**6], 1) == "blocks" and pick_engine("rows", [1], 1) == "rows"
+    assert pick_engine(None, [23170], None) == "blocks"  # the default budget: 2048 MiB
+    assert pick_engine(None, [23171], None) == "rows"
+    with pytest.raises(ValueError, match="block_budget_mb"):
+        pick_engine(None, [5], float("nan"))
+
+
+def test_auto_engine_routes_by_the_block_budget(device, monkeypatch):
+    """Both launchers under the default engine ("auto"): within the block budget the block
+    engine runs, above it the row engine, with the same picks; the routing layer's knob
+    reaches the choice."""
+    from adaptive_prune.kernels import global_greedy as gg
+    from adaptive_prune.kernels import greedy_select as gs
+
+    calls = []
+    for mod in (gs, gg):
+        real = mod._rows_engine
+        monkeypatch.setattr(
+            mod, "_rows_engine", lambda *a, _r=real, **k: calls.append(1) or _r(*a, **k)
+        )
+    x, g = gaussian(150)
+    x = x.to(device)
+    cu = torch.tensor([0, 40, 150])
+    budgets = torch.tensor([10, 20])
+    pool = torch.randperm(150, generator=g)[:90].to(device)
+    po = torch.tensor([0, 90])
+    reserved = torch.zeros(90, dtype=torch.bool, device=device)
+    reserved[4] = True
+    got = {}
+    for mb in (1e-3, None):  # 1e-3 MiB: every block above 16 x 16 is over it; None: 2048 MiB
+        kw = dict(window=16, block_budget_mb=mb)
+        rank = greedy_select_fwd(x, cu, budgets, "maxmin", EPS, **kw)
+        o, gains, dist = global_greedy_fwd(x, pool, po, reserved, [30], EPS, **kw)
+        got[mb] = (rank, o, gains, dist, len(calls))
+    assert got[1e-3][4] == 2 and got[None][4] == 2  # both stages on the rows, then neither
+    assert torch.equal(got[1e-3][0], got[None][0]) and torch.equal(got[1e-3][1], got[None][1])
+    torch.testing.assert_close(got[1e-3][2], got[None][2], atol=2e-6, rtol=0)
+    torch.testing.assert_close(got[1e-3][3], got[None][3], atol=2e-6, rtol=0)
+    with adaptive_prune.backend("triton", block_budget_mb=1e-3):  # the knob reaches "auto"
+        torch.ops.adaptive_prune.greedy_select(x, cu, budgets.to(device), "maxmin", EPS)
+    assert len(calls) == 3
+    assert torch.equal(rank.cpu(), ref.greedy_select(x.cpu(), cu, budgets, "maxmin", EPS))
 
 
 @pytest.mark.slow

@@ -23,8 +23,9 @@ Knobs change the speed, never the result:
 - ``triton``: ``greedy_window`` (0 or a power of two in [16, 128]: picks per round of the exact
   windowed max-min engine, 0 = one pick per step), ``block_budget_mb`` (the most memory one
   launch's similarity blocks may take before a batch is split into consecutive groups) and
-  ``greedy_engine`` (``"blocks"``, the default, or ``"rows"``: the row engine without
-  similarity blocks, opt-in until a GPU has measured it).
+  ``greedy_engine`` (``"auto"``, the default: the row engine for a call whose largest segment's
+  similarity block would exceed ``block_budget_mb``, else the block engine; ``"blocks"``; or
+  ``"rows"``: the row engine without similarity blocks, for every max-min call with a window).
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ KNOBS: dict[str, dict[str, Callable[[Any], Optional[str]]]] = {
     "triton": {
         "greedy_window": _window,
         "block_budget_mb": _megabytes,
-        "greedy_engine": lambda v: None if v in ("blocks", "rows") else '"blocks" or "rows"',
+        "greedy_engine": lambda v: (
+            None if v in ("auto", "blocks", "rows") else '"auto", "blocks" or "rows"'
+        ),
     },
 }
 

@@ -480,10 +480,13 @@ def _final_selection(
         seg = order[ch_off[r] : ch_off[r + 1]]
         on_chain = torch.zeros(ar.numel(), dtype=torch.bool, device=dev)
         on_chain[seg - a0] = True
-        off_pos = torch.nonzero(~on_chain).flatten() + a0
-        n_al = min(math.ceil(float(o["aligned"]) * slots - 1e-9), off_pos.numel())
-        top = torch.argsort(-ar[~on_chain].double(), stable=True)[:n_al]
-        al_pos = off_pos[top]
+        # the chain's entries are distinct pool positions: the off-chain count is known on
+        # the host, so the positions come without a host sync
+        n_off = ar.numel() - seg.numel()
+        off_loc = true_positions(~on_chain, n_off)
+        n_al = min(math.ceil(float(o["aligned"]) * slots - 1e-9), n_off)
+        top = torch.argsort(-ar[off_loc].double(), stable=True)[:n_al]
+        al_pos = off_loc[top] + a0
         # an off-chain token's gain: global_greedy's dist (its running minimum where the chain
         # stopped); 0 where its group has no chain entry (dist +inf)
         al_gain = dist[al_pos]

@@ -33,6 +33,8 @@ definitions above (tests/test_backend_triton.py).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Optional, Sequence
 
 import torch
@@ -237,8 +239,40 @@ def _token_similarity_reduce_kernel(
 # --------------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------------
+_SHARED: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar(
+    "adaptive_prune_shared_inv_norms", default=None
+)
+
+
+@contextlib.contextmanager
+def shared_inv_norms():
+    """Inside this block :func:`row_inv_norms` computes the inverse norms of all rows of a tensor
+    once and serves every later request for the same tensor (same storage, shape, strides,
+    dtype and ``eps``) from them, gathering rows where asked: one pass over ``vision`` for all
+    the greedy and refinement launchers of one ``prune`` call, with bitwise the same values
+    (one kernel computes every row the same way). The tensors must not be written inside it;
+    the method opens it around one call (``backends.call_scope``)."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
 def row_inv_norms(x: torch.Tensor, Q: int, eps: float, rows: Optional[torch.Tensor] = None):
-    """``1 / max(||x[rows[q]]||, eps)`` (or of ``x[q]``) for ``q < Q``, fp32 ``[Q]``."""
+    """``1 / max(||x[rows[q]]||, eps)`` (or of ``x[q]``) for ``q < Q``, fp32 ``[Q]`` (read-only
+    inside :func:`shared_inv_norms`)."""
+    cache = _SHARED.get()
+    if cache is not None and Q > 0 and x.shape[0] > 0:
+        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, x.device, float(eps))
+        if key not in cache:  # the tensor is kept alive, so its storage is not reused meanwhile
+            cache[key] = (x, _inv_norms(x, x.shape[0], eps, None))
+        full = cache[key][1]
+        return full[rows[:Q]] if rows is not None else full[:Q]
+    return _inv_norms(x, Q, eps, rows)
+
+
+def _inv_norms(x: torch.Tensor, Q: int, eps: float, rows: Optional[torch.Tensor]):
     out = empty(max(Q, 1), torch.float32, x.device)
     if Q == 0:
         return out

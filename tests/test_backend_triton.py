@@ -19,6 +19,7 @@ GPU-only checks (bf16 tensor cores, the speed-target shape, host syncs): tests/t
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -428,6 +429,31 @@ def test_prune_matches_reference(device, case, dtype):
     assert torch.equal(got.diagnostics.budgets.cpu(), want.diagnostics.budgets.cpu())
     assert got.diagnostics.pool_size == want.diagnostics.pool_size
     assert got.diagnostics.candidates == want.diagnostics.candidates
+
+
+@pytest.mark.parametrize("engine", ["blocks", "rows"])
+def test_prune_computes_row_norms_once(device, monkeypatch, engine):
+    """Inside one ``prune`` (``backends.call_scope``) the greedy and refinement launchers share
+    one pass of inverse row norms over ``vision`` (gathering the pool's rows from it), with the
+    same result as a norm pass per launcher; outside a call nothing is kept."""
+    x, cu = tokens([60, 1, 83, 37], device=device)
+    text = tokens([9], seed=3, device=device)[0]
+    passes = []
+    real = token_similarity_module._inv_norms
+    monkeypatch.setattr(
+        token_similarity_module, "_inv_norms", lambda *a: passes.append(a[1]) or real(*a)
+    )
+    with adaptive_prune.backend("triton", greedy_engine=engine):
+        adaptive_prune.prune(x, cu, text, keep_ratio=0.25)  # loads the kernels
+        passes.clear()
+        got = adaptive_prune.prune(x, cu, text, keep_ratio=0.25)
+        assert passes == [x.shape[0]]  # one pass, over every row of vision
+        passes.clear()
+        monkeypatch.setattr(token_similarity_module, "shared_inv_norms", contextlib.nullcontext)
+        alone = adaptive_prune.prune(x, cu, text, keep_ratio=0.25)
+        assert len(passes) >= 3  # stage 1, the pool (gathered) and the refinement
+    assert torch.equal(got.indices.cpu(), alone.indices.cpu())
+    assert token_similarity_module._SHARED.get() is None
 
 
 def test_prune_batch_matches_reference(device):

@@ -152,6 +152,14 @@ def _module(name: str):
     return mod
 
 
+def call_scope():
+    """A context for one method call over inputs that do not change inside it: the backends'
+    per-call caches live in it (the Triton launchers compute the inverse row norms of
+    ``vision`` once for all its greedy and refinement launches). Results are the same with or
+    without it."""
+    return _module("triton").call_scope()
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 

@@ -14,6 +14,7 @@ reference. The kernels never import the package.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -73,6 +74,14 @@ def table() -> dict[str, Callable]:
             table[name] = _serve(name, fwd, common.Unsupported)
         _STATE["table"] = table
     return _STATE["table"]
+
+
+def call_scope():
+    """The Triton launchers' per-call scope (``kernels.token_similarity.shared_inv_norms``: one
+    pass of row norms for all the launchers of a call), or a no-op before the kernels load."""
+    if "table" not in _STATE:
+        return contextlib.nullcontext()
+    return importlib.import_module("adaptive_prune.kernels.token_similarity").shared_inv_norms()
 
 
 def status() -> dict[str, Any]:

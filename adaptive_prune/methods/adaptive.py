@@ -32,6 +32,7 @@ import torch
 
 from .. import _checks as C
 from .._tensors import segment_ids, starts, to_device, true_positions
+from ..backends import call_scope
 from ..ops._common import band_snap, normalize
 from . import Method, register_method
 
@@ -542,22 +543,23 @@ def run_adaptive(
     )
     dev = vision.device
     has_text = [text is not None and plan.text_rows(r) > 0 for r in range(plan.R)]
-    scores = stage0_scores(vision, text, plan, o)
-    lay = read_host(scores, plan, o, finite, has_text)
-    pool = stage1_pool(vision, plan, lay, o)
+    with call_scope():  # the backends' per-call caches (one pass of row norms on Triton)
+        scores = stage0_scores(vision, text, plan, o)
+        lay = read_host(scores, plan, o, finite, has_text)
+        pool = stage1_pool(vision, plan, lay, o)
 
-    kept_parts: list[torch.Tensor] = []
-    for r in range(plan.R):  # trivial requests: everything or nothing
-        if plan.trivial(r) and budgets[r]:
-            kept_parts.append(torch.arange(cu[ro[r]], cu[ro[r + 1]], device=dev))
-    n_cand = [budgets[r] if plan.trivial(r) else 0 for r in range(plan.R)]
-    if not o["inter_image"]:
-        kept_parts.append(pool.rows)
-        n_cand = list(lay.pool_sizes)
-    elif pool.rows.numel():
-        parts, cand = stage2_select(vision, text, plan, scores, lay, pool, o)
-        kept_parts += parts
-        n_cand = [n_cand[r] if plan.trivial(r) else cand[r] for r in range(plan.R)]
+        kept_parts: list[torch.Tensor] = []
+        for r in range(plan.R):  # trivial requests: everything or nothing
+            if plan.trivial(r) and budgets[r]:
+                kept_parts.append(torch.arange(cu[ro[r]], cu[ro[r + 1]], device=dev))
+        n_cand = [budgets[r] if plan.trivial(r) else 0 for r in range(plan.R)]
+        if not o["inter_image"]:
+            kept_parts.append(pool.rows)
+            n_cand = list(lay.pool_sizes)
+        elif pool.rows.numel():
+            parts, cand = stage2_select(vision, text, plan, scores, lay, pool, o)
+            kept_parts += parts
+            n_cand = [n_cand[r] if plan.trivial(r) else cand[r] for r in range(plan.R)]
     kept = torch.cat(kept_parts) if kept_parts else torch.zeros(0, dtype=torch.int64, device=dev)
     kept = torch.sort(kept).values
     if not want_diag:

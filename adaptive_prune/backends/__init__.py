@@ -152,12 +152,16 @@ def _module(name: str):
     return mod
 
 
-def call_scope():
-    """A context for one method call over inputs that do not change inside it: the backends'
-    per-call caches live in it (the Triton launchers compute the inverse row norms of
-    ``vision`` once for all its greedy and refinement launches). Results are the same with or
-    without it."""
-    return _module("triton").call_scope()
+def call_scope(device: torch.device):
+    """A context for one method call over inputs on ``device`` that do not change inside it:
+    the backends' per-call caches live in it (the Triton launchers compute the inverse row
+    norms of ``vision`` once for all its greedy and refinement launches). Results are the same
+    with or without it. Loads the Triton kernels only where they may serve the call (CUDA
+    tensors, or the ``triton`` backend asked for by name)."""
+    if device.type == "cuda" or current()[0] == "triton":
+        if unavailable("triton") is None:
+            return _module("triton").call_scope()
+    return contextlib.nullcontext()
 
 
 def _interpreting() -> bool:

@@ -543,7 +543,7 @@ def run_adaptive(
     )
     dev = vision.device
     has_text = [text is not None and plan.text_rows(r) > 0 for r in range(plan.R)]
-    with call_scope():  # the backends' per-call caches (one pass of row norms on Triton)
+    with call_scope(dev):  # the backends' per-call caches (one pass of row norms on Triton)
         scores = stage0_scores(vision, text, plan, o)
         lay = read_host(scores, plan, o, finite, has_text)
         pool = stage1_pool(vision, plan, lay, o)

@@ -162,6 +162,13 @@ def prune_batch(
         res = prune_batch(vision, cu_seqlens, torch.tensor([0, 3, 5]), keep_ratio=[0.25, 0.5])
         first_request_rows, second_request_rows = res.split()
     """
+    if isinstance(vision, torch.Tensor) and vision.is_cuda and _capturing():
+        raise RuntimeError(
+            "prune/prune_batch cannot be captured in a CUDA graph: the method reads stage 0's "
+            "scores on the host (pool sizes and groups of similar images) and checks the "
+            "result there. Call it outside the capture (its greedy kernels are capturable "
+            "on their own; docs/kernels.md, 'CUDA graphs')."
+        )
     # finiteness: read later with one host read (the adaptive composition's forced one)
     finite = C.FiniteChecks()
     vision = C.check_tokens("vision", vision, finite=finite)
@@ -218,6 +225,11 @@ def prune_batch(
     b_t = to_device(budgets, dev)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), torch.cumsum(b_t, 0)])
     return BatchPruneResult(kept, offsets, b_t, per_image, mask, diags)
+
+
+def _capturing() -> bool:
+    """Whether the current CUDA stream is being captured into a graph."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def _slice(q, k0: int, k1: int):

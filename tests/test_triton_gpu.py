@@ -281,3 +281,16 @@ def test_host_syncs_of_the_composition(with_text, capsys):
     # functional.py's finiteness checks ride on the composition's read; the result check
     # (exactly B unique rows, minimums kept) adds one
     assert n_prune <= n_core + 1
+
+
+def test_prune_refuses_cuda_graph_capture_clearly():
+    """``prune`` reads stage 0's scores on the host, which a capture forbids: it says so before
+    any work instead of failing inside a kernel launcher."""
+    import adaptive_prune
+
+    x, cu = tokens([60, 83])
+    adaptive_prune.prune(x, cu, keep_ratio=0.25)  # kernels compiled outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+        with torch.cuda.graph(graph):
+            adaptive_prune.prune(x, cu, keep_ratio=0.25)

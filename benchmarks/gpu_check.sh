@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of the Triton backend, for a CUDA machine with a CUDA build of torch and triton
-# already installed. Installs nothing, needs no network, fits in 8 minutes (the step caps sum
-# to 470 s). Each step is its own process with its own time cap, so a crash (an illegal memory
+# already installed. Installs nothing, needs no network, fits in 10 minutes (the step caps sum
+# to 485 s). Each step is its own process with its own time cap, so a crash (an illegal memory
 # access poisons the CUDA context) or a timeout loses that step only; every step's log is
 # written (tee) straight into the output folder, and the speed CSV after every scenario, so a
 # run killed at any point leaves what it measured so far.
@@ -13,13 +13,14 @@
 #   2. the GPU tests in their own process, on all cores (pytest -n): tests/test_triton_gpu.py,
 #      the Triton backend and row-engine files and the per-op files' triton/cuda cases,
 #      compiled, on CUDA tensors;
-#   3. benchmarks/speed.py, 64 x 1024 synthetic clustered tokens (window 128; no reference, no
-#      one-pick-per-step row, divprune and cdpruner only);
+#   3. benchmarks/speed.py, 64 x 1024 synthetic clustered tokens (window 128; the block engine
+#      beside the default, which takes the row engine there: the pool's block would exceed
+#      block_budget_mb; no reference, no one-pick-per-step row, divprune and cdpruner only);
 #   4. benchmarks/greedy_rounds.py --quick: chain lengths and times of the greedy loops;
-#   5. speed_rows: benchmarks/speed.py at 16 x 576 and 64 x 1024 with the row engine
-#      (greedy_engine="rows", kernels/_engine.py: a persistent kernel with device-wide
-#      barriers, never run on a GPU before) beside the default: its own step, so that a hang
-#      or a crash there costs nothing measured before;
+#   5. speed_rows: benchmarks/speed.py at 16 x 576 with the row engine (greedy_engine="rows",
+#      kernels/_engine.py: a cooperative persistent kernel with device-wide barriers, never run
+#      on a GPU before) beside the default (the block engine at that size): its own step, so
+#      that a crash there costs nothing measured before;
 #   6. benchmarks/gpu_counters.py: the row engine's counters (rounds, work, scans) from its
 #      kernels on CUDA against its simulation, the counters and the model on the real 16 x 576
 #      tokens, and each stage's op time by both engines (what the model predicts, measured);
@@ -153,20 +154,20 @@ step speed_16x576 140 "$PY" benchmarks/speed.py "${SPEED[@]}" "${COMMON[@]}" \
 step pytest 160 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -rfEX "${TESTS[@]}" \
     -m "gpu or interpreter" tests/test_triton_gpu.py tests/test_backend_triton.py \
     tests/test_triton_engine.py tests/test_backend_routing.py tests/test_op_*.py
-step speed_64x1024 60 "$PY" benchmarks/speed.py "${SPEED[@]}" "${COMMON[@]}" \
-    --scenarios 64x1024 --windows 128 --no-reference
+step speed_64x1024 70 "$PY" benchmarks/speed.py "${SPEED[@]}" "${COMMON[@]}" \
+    --scenarios 64x1024 --windows 128 --engines blocks --no-reference
 if [ "$DRY" -eq 1 ]; then  # the kernels interpreted on CPU tensors
     step greedy_rounds 120 env ADAPTIVE_PRUNE_BACKEND=triton "$PY" benchmarks/greedy_rounds.py \
         --quick "${ROUNDS[@]}"
 else
     step greedy_rounds 35 "$PY" benchmarks/greedy_rounds.py --quick "${ROUNDS[@]}"
 fi
-step speed_rows 35 "$PY" benchmarks/speed.py "${SPEED[@]}" "${COMMON[@]}" \
-    --scenarios 16x576,64x1024 --windows --engines rows --no-reference --baselines
+step speed_rows 25 "$PY" benchmarks/speed.py "${SPEED[@]}" "${COMMON[@]}" \
+    --scenarios 16x576 --windows --engines rows --no-reference --baselines
 if [ "$DRY" -eq 1 ]; then
     step gpu_counters 120 "$PY" benchmarks/gpu_counters.py "${COUNTERS[@]}"
 else
-    step gpu_counters 40 "$PY" benchmarks/gpu_counters.py "${COUNTERS[@]}"
+    step gpu_counters 55 "$PY" benchmarks/gpu_counters.py "${COUNTERS[@]}"
 fi
 
 # ---- short table, last ---------------------------------------------------------------------

@@ -449,6 +449,15 @@ def main(argv=None) -> int:
                 fwd = greedy_select_fwd if stage == "stage 1" else global_greedy_fwd
                 fn = lambda e=engine, f=fwd, xd=xd, a=a: f(xd, *a[1:], window=L, engine=e)  # noqa: E731
                 row(f"{stage} measured op time", engine, cuda_ms(fn), "ms", "CUDA events")
+            if stage == "stage 2":  # the tile size: SM spread (phase T) against merges (W)
+                for te in (64, 512):
+                    fn = (
+                        lambda xd=xd, a=a, te=te: global_greedy_fwd(  # noqa: E731
+                            xd, *a[1:], window=L, engine="rows", block=te
+                        )
+                    )
+                    row(f"{stage} measured op time, tile {te}", "rows", cuda_ms(fn), "ms",
+                        f"CUDA events; default tile {tile_of(sizes, L)}")  # fmt: skip
             # the built sketch bound (opt-in, d = 32): its time, and the work it skipped on the
             # real tokens as the kernels count it (same picks as without it, checked)
             fwd = greedy_select_fwd if stage == "stage 1" else global_greedy_fwd

@@ -651,8 +651,9 @@ def summary(all_rows: list[dict], gpu: str) -> str:
         f"### speed targets ({gpu}, keep {KEEP:.0%})",
         "",
         "| scenario | D | prune ms | < 0.5 ms | x ref (>= 20) | x ref, no text | "
-        "vs divprune | vs cdpruner | greedy one pick per step: ms | row engine: ms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "vs divprune | vs cdpruner | greedy one pick per step: ms | row engine: ms | "
+        "block engine: ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = dict.fromkeys((r["scenario"], r["dim"]) for r in all_rows)
     for name, dim in keys:
@@ -676,7 +677,8 @@ def summary(all_rows: list[dict], gpu: str) -> str:
             f"{H.fmt_ms(ref_nt / t_nt) if ref_nt and t_nt else '-'} | "
             f"{vs('divprune')} | {vs('cdpruner')} | "
             f"{H.fmt_ms(ms('adaptive (triton), greedy one pick per step'))} | "
-            f"{H.fmt_ms(ms('adaptive (triton), rows greedy engine'))} |"
+            f"{H.fmt_ms(ms('adaptive (triton), rows greedy engine'))} | "
+            f"{H.fmt_ms(ms('adaptive (triton), blocks greedy engine'))} |"
         )
     return "\n".join(lines)
 
@@ -759,7 +761,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "--engines",
         nargs="*",
         default=[],
-        help="cuda: greedy engines timed besides the default (rows: kernels/_engine.py)",
+        help="cuda: greedy engines timed besides the default (auto): rows (kernels/_engine.py) "
+        "or blocks",
     )
     p.add_argument("--no-reference", action="store_true", help="cuda: no reference rows")
     p.add_argument(

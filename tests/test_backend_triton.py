@@ -408,20 +408,23 @@ CASES = {
 }
 
 
-# every case in fp32, a subset in fp16 (the interpreter is slow)
-PARAMS = [pytest.param(c, torch.float32, id=f"{c}-fp32") for c in CASES] + [
-    pytest.param(c, torch.float16, id=f"{c}-fp16") for c in ("text", "q0")
-]
+# every case in fp32, a subset in fp16 (the interpreter is slow); a subset on the row engine
+# (the default engine takes it only above the block budget)
+PARAMS = (
+    [pytest.param(c, torch.float32, None, id=f"{c}-fp32") for c in CASES]
+    + [pytest.param(c, torch.float16, None, id=f"{c}-fp16") for c in ("text", "q0")]
+    + [pytest.param(c, torch.float32, "rows", id=f"{c}-fp32-rows") for c in ("text", "q0")]
+)
 
 
-@pytest.mark.parametrize("case, dtype", PARAMS)
-def test_prune_matches_reference(device, case, dtype):
+@pytest.mark.parametrize("case, dtype, engine", PARAMS)
+def test_prune_matches_reference(device, case, dtype, engine):
     kw = dict(CASES[case])
     x, cu = tokens([1, 60, 0, 83, 37, 5], dtype=dtype, device=device)
     if kw.pop("text", False):
         kw["text"] = tokens([9], seed=3, dtype=dtype, device=device)[0]
     kw.setdefault("keep_ratio", 0.25)
-    with adaptive_prune.backend("triton"):
+    with adaptive_prune.backend("triton", **({"greedy_engine": engine} if engine else {})):
         got = adaptive_prune.prune(x, cu, return_diagnostics=True, **kw)
     with adaptive_prune.backend("reference"):
         want = adaptive_prune.prune(x, cu, return_diagnostics=True, **kw)

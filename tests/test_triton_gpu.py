@@ -52,14 +52,16 @@ def test_triton_is_the_cuda_backend():
         assert backends.serving(name, "cuda", (x,))[0] == "triton", name
 
 
+@pytest.mark.parametrize("engine", ["auto", "rows"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_text", [False, True], ids=["no-text", "text"])
-def test_prune_on_cuda_matches_reference(dtype, with_text):
+def test_prune_on_cuda_matches_reference(dtype, with_text, engine):
     import adaptive_prune
 
     x, cu = tokens([1, 60, 0, 83, 37, 5], dtype=dtype)
     text = tokens([9], seed=3, dtype=dtype)[0] if with_text else None
-    got = adaptive_prune.prune(x, cu, text, keep_ratio=0.25, return_diagnostics=True)
+    with adaptive_prune.backend("triton", greedy_engine=engine):
+        got = adaptive_prune.prune(x, cu, text, keep_ratio=0.25, return_diagnostics=True)
     with adaptive_prune.backend("reference"):
         want = adaptive_prune.prune(x, cu, text, keep_ratio=0.25, return_diagnostics=True)
     assert got.indices.is_cuda

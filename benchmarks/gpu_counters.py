@@ -203,7 +203,14 @@ def simulate(xh: torch.Tensor, init: list[int], steps: int, L: int, apply_init: 
     basis = vecs[:, -SKETCH_DIM:].float()
     pk = xh @ basis
     res = (1.0 - (pk * pk).sum(1)).clamp_min(0).sqrt()
-    skipped = 0
+    # the bound as built (kernels/_engine.sketch): a QR basis of SKETCH_DIM entries spread over
+    # the segment, residual norms computed directly, and the kernel's margin at D_MODEL
+    pick = torch.linspace(0, K - 1, steps=min(SKETCH_DIM, K)).round().long()
+    q_b = torch.linalg.qr(xh[pick].T.double()).Q.float()
+    pk_b = xh @ q_b
+    res_b = torch.linalg.vector_norm(xh - pk_b @ q_b.T, dim=1)
+    margin_b = 8.0 * (D_MODEL + SKETCH_DIM + 16) * 2.0**-24 + 1e-6
+    skipped = skipped_b = 0
     acc = torch.full((K,), float("inf"))
     n_sub = -(-K // L)
     sub = torch.arange(K) // L
@@ -261,15 +268,23 @@ def simulate(xh: torch.Tensor, init: list[int], steps: int, L: int, apply_init: 
             scans += 1
         rounds += 1
         work += tile_work(took)
-        ub = pk @ pk[took].T + res[:, None] * res[took][None, :]  # [K, picks]
         same = gid[:, None] == gid[took][None, :]
-        safe = (((1.0 - ub - 1e-5) >= acc[:, None]) | ~same).all(dim=1) | (acc == float("-inf"))
-        ok_sub = torch.ones(n_sub, dtype=torch.bool)
-        ok_sub[sub[~safe]] = False
-        skipped += int((ok_sub & live_subtiles()).sum()) * L * L
+        live_now = live_subtiles()
+        for p_, r_, m_, kind in ((pk, res, 1e-5, "pca"), (pk_b, res_b, margin_b, "built")):
+            ub = p_ @ p_[took].T + r_[:, None] * r_[took][None, :]  # [K, picks]
+            safe = (((1.0 - ub - m_) >= acc[:, None]) | ~same).all(dim=1)
+            safe |= acc == float("-inf")
+            ok_sub = torch.ones(n_sub, dtype=torch.bool)
+            ok_sub[sub[~safe]] = False
+            n_skip = int((ok_sub & live_now).sum()) * L * L
+            if kind == "pca":
+                skipped += n_skip
+            else:
+                skipped_b += n_skip
         acc = torch.minimum(acc, dist[:, took].min(dim=1).values)
         acc[took] = float("-inf")
-    return dict(rounds=rounds, scans=scans, work=work, order=order, gains=gains, skipped=skipped)
+    return dict(rounds=rounds, scans=scans, work=work, order=order, gains=gains, skipped=skipped,
+                skipped_built=skipped_b)  # fmt: skip
 
 
 def stage_counters(calls, L: int) -> dict:
@@ -283,6 +298,7 @@ def stage_counters(calls, L: int) -> dict:
     out = {}
     want = ref.greedy_select(x, cu_s.cpu(), bud.cpu(), mode, eps)
     rounds, work, same, chain, skipped, scans = [], 0, True, 0, 0, 0
+    skipped_b = 0
     for k in range(cu_s.numel() - 1):
         a, e = int(cu_s[k]), int(cu_s[k + 1])
         b = min(int(bud[k]), e - a)
@@ -295,6 +311,7 @@ def stage_counters(calls, L: int) -> dict:
         rounds.append(r["rounds"])
         work += r["work"]
         skipped += r["skipped"]
+        skipped_b += r["skipped_built"]
         scans += r["scans"]
         chain = max(chain, b - 1)
         got = torch.full((e - a,), -1, dtype=torch.int64)
@@ -302,9 +319,11 @@ def stage_counters(calls, L: int) -> dict:
         same &= bool(torch.equal(got, want[a:e]))
     out["stage 1"] = dict(rounds=max(rounds), work=work, chain=chain, same=same,
                           picks=int((want >= 1).sum()), skipped=skipped, scans=scans,
+                          skipped_built=skipped_b,
                           segments=len(rounds), sizes=(cu_s[1:] - cu_s[:-1]).tolist())  # fmt: skip
     wo, wg, _ = ref.global_greedy(x, pool.cpu(), po.cpu(), reserved.cpu(), picks, eps, go)
     rounds, work, same, chain, o0, skipped, scans = 0, 0, True, 0, 0, 0, 0
+    skipped_b = 0
     for r_i in range(po.numel() - 1):
         a, e = int(po[r_i]), int(po[r_i + 1])
         P = int(picks[r_i])
@@ -317,6 +336,7 @@ def stage_counters(calls, L: int) -> dict:
         rounds += r["rounds"]
         work += r["work"]
         skipped += r["skipped"]
+        skipped_b += r["skipped_built"]
         scans += r["scans"]
         chain += steps
         got = [a + j for j in res[:P]] + [a + j for j in r["order"]]
@@ -328,6 +348,7 @@ def stage_counters(calls, L: int) -> dict:
         o0 += P
     out["stage 2"] = dict(rounds=rounds, work=work, chain=chain, same=same, picks=chain,
                           skipped=skipped, scans=scans, segments=po.numel() - 1,
+                          skipped_built=skipped_b,
                           sizes=(po[1:] - po[:-1]).tolist(), groups=len(gol) - 1)  # fmt: skip
     return out
 
@@ -420,6 +441,10 @@ def main(argv=None) -> int:
         row(f"{stage} sketch bound (d={SKETCH_DIM}, not built): round work it would skip",
             "rows", round(c["skipped"] / max(work, 1), 3), "fraction",
             "PCA of the segment, margin 1e-5; initial lists not counted")  # fmt: skip
+        row(f"{stage} sketch bound as built (d={SKETCH_DIM}): round work it would skip", "rows",
+            round(c["skipped_built"] / max(work, 1), 3), "fraction",
+            f"QR of {SKETCH_DIM} entries spread over the segment, the kernel's margin at "
+            f"D={D_MODEL}: {8.0 * (D_MODEL + SKETCH_DIM + 16) * 2.0**-24 + 1e-6:.2e}")  # fmt: skip
         # model: per round max(bytes / HBM, flops / MMA) over all SMs, plus 2 barriers and
         # phase W (stage 1: images side by side, so the longest image's rounds)
         mem_ms = byts / (HBM_TBS * 1e12) * 1e3

@@ -215,8 +215,9 @@ def test_gpu_check_killed_mid_run_leaves_its_logs_and_csv(tmp_path):
     try:
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline and proc.poll() is None:
-            if summary_path.exists() and "- speed_16x576: rc=" in summary_path.read_text():
-                break  # step 1 is over, step 2 (pytest) starts: kill it there
+            step1_done = summary_path.exists() and "- speed_16x576: rc=" in summary_path.read_text()
+            if step1_done and (out / "pytest.log").exists():
+                break  # step 1 is over and step 2 (pytest) has begun its log: kill it there
             time.sleep(0.1)
         assert proc.poll() is None, "the dry run ended before it could be killed"
         os.killpg(proc.pid, signal.SIGKILL)

@@ -362,14 +362,18 @@ def global_greedy_fwd(
     16 or 32, the row engine's sketch bound, same results; ``stats`` may have a third column
     (fallback-scan rounds) and a fourth (pairs the sketch bound skipped)).
     """
+    # the offsets are read on the host once (one sync each for device tensors); the chain
+    # takes them back as CPU tensors, which it reads for free
+    po = host_ints(pool_offsets)
+    go = host_ints(group_offsets) if group_offsets is not None else list(po)
     order, gains, dist = _chain_fwd(
         vision,
         pool,
-        pool_offsets,
+        torch.tensor(po, dtype=torch.int64),
         reserved,
         num_picks,
         eps,
-        group_offsets,
+        torch.tensor(go, dtype=torch.int64),
         block=block,
         window=window,
         block_budget_mb=block_budget_mb,
@@ -380,8 +384,6 @@ def global_greedy_fwd(
     )
     if dist is not None:  # the row engine's running minima
         return order, gains, dist
-    po = host_ints(pool_offsets)
-    go = host_ints(group_offsets) if group_offsets is not None else list(po)
     ooff = [0]
     for p in num_picks:
         ooff.append(ooff[-1] + int(p))
